@@ -1,0 +1,3 @@
+from pooledfetch.cli import main
+
+main()

@@ -1,0 +1,348 @@
+"""The `pooledfetch` command: options → FetchConfig, inputs → engine → sinks, outcome → exit code.
+
+Heavy modules (requests, urllib3, the demo server) are imported inside the command, so
+`--help` and `--version` start fast.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import sys
+import threading
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from types import FrameType
+from typing import Any, NoReturn
+
+import click
+
+from pooledfetch import __version__
+from pooledfetch.errors import ExitCode, PooledFetchError
+
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b?)\s*$", re.IGNORECASE)
+_SIZE_POWERS = {"": 0, "k": 1, "m": 2, "g": 3, "t": 4}
+
+
+def _size(value: str) -> int:
+    """`100MB`, `512k`, `1GiB` or a plain number of bytes."""
+    match = _SIZE.match(value)
+    if not match:
+        raise click.BadParameter(f"{value!r} is not a size such as 1048576, 512k, 100MB or 1GiB")
+    number, unit, suffix = match.groups()
+    base = 1024 if suffix.lower().startswith("i") else 1000
+    return int(float(number) * base ** _SIZE_POWERS[unit.lower()])
+
+
+def _header(value: str) -> tuple[str, str]:
+    name, colon, rest = value.partition(":")
+    if not colon or not name.strip():
+        raise click.BadParameter(f"{value!r} is not 'Name: value' (use 'Name:' to remove a default header)")
+    return name.strip(), rest.strip()
+
+
+def _statuses(value: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(part) for part in value.split(",") if part.strip())
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not a comma-separated list of status codes") from None
+
+
+def _body(value: str | None) -> bytes | None:
+    if value is None:
+        return None
+    if not value.startswith("@"):
+        return value.encode("utf-8")
+    path = value[1:]
+    try:
+        with open(path, "rb") as stream:
+            return stream.read()
+    except OSError as exc:
+        raise click.BadParameter(f"cannot read body file {path!r}: {exc.strerror}") from None
+
+
+def _stdin_is_terminal() -> bool:
+    return sys.stdin is None or sys.stdin.isatty()
+
+
+def _fail(message: str, code: ExitCode) -> NoReturn:
+    click.echo(f"pooledfetch: error: {message}", err=True)
+    sys.exit(code)
+
+
+@contextmanager
+def _graceful_interrupts(cancel: threading.Event) -> Iterator[None]:
+    """First Ctrl-C (or SIGTERM): stop submitting and wind down. Second: quit at once."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        if cancel.is_set():
+            raise KeyboardInterrupt
+        cancel.set()
+        sys.stderr.write("\npooledfetch: interrupted: finishing requests in flight (Ctrl-C again to quit now)\n")
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.argument("inputs", nargs=-1, type=click.Path(exists=True, dir_okay=False, allow_dash=True))
+@click.option("--demo", is_flag=True, help="Start the built-in local server and fetch the sample list from it.")
+@click.option(
+    "-o",
+    "--output",
+    "outputs",
+    multiple=True,
+    metavar="PATH",
+    help="Export results (.csv, .json, .jsonl/.ndjson; '-' is JSONL on stdout). Repeatable.",
+)
+@click.option(
+    "--format",
+    "export_format",
+    type=click.Choice(["csv", "json", "jsonl"]),
+    help="Export format for every -o, instead of the file extension.",
+)
+@click.option("-q", "--quiet", is_flag=True, help="No per-URL lines and no summary.")
+@click.option("-w", "--workers", type=click.IntRange(min=1), help="Worker threads.  [default: --pool-maxsize]")
+@click.option(
+    "--pool-connections",
+    type=click.IntRange(min=1),
+    default=100,
+    show_default=True,
+    help="Per-host connection pools kept (an LRU): more hosts than this churn connections.",
+)
+@click.option(
+    "--pool-maxsize", type=click.IntRange(min=1), default=20, show_default=True, help="Connections kept open per host."
+)
+@click.option(
+    "--pool-block/--no-pool-block",
+    default=True,
+    show_default=True,
+    help="Wait for a pooled connection instead of opening (and then discarding) extra ones.",
+)
+@click.option(
+    "--retries",
+    type=click.IntRange(min=0),
+    default=2,
+    show_default=True,
+    help="Retries per request (connection errors and --retry-status; idempotent methods only).",
+)
+@click.option(
+    "--backoff-factor",
+    type=click.FloatRange(min=0),
+    default=0.5,
+    show_default=True,
+    help="Exponential backoff between retries: factor × 2^(retry-1) seconds.",
+)
+@click.option(
+    "--retry-status",
+    default="429,500,502,503,504",
+    show_default=True,
+    metavar="CODES",
+    help="Comma-separated statuses to retry (Retry-After is honoured).",
+)
+@click.option(
+    "--max-retry-wait",
+    type=click.FloatRange(min=0),
+    default=60.0,
+    show_default=True,
+    metavar="S",
+    help="Longest wait before a retry; a longer Retry-After gives up with that response.",
+)
+@click.option(
+    "--connect-timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    metavar="S",
+    help="Seconds to connect (also the longest wait for a free pooled connection).  [default: 10]",
+)
+@click.option(
+    "--read-timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    metavar="S",
+    help="Seconds of silence allowed between bytes from the server.  [default: 30]",
+)
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    metavar="S",
+    help="Set both --connect-timeout and --read-timeout.",
+)
+@click.option("-X", "--method", help="HTTP method.  [default: GET, or POST with --data]")
+@click.option("-d", "--data", metavar="TEXT|@FILE", help="Request body, or @FILE to send a file's bytes.")
+@click.option(
+    "-H",
+    "--header",
+    "headers",
+    multiple=True,
+    metavar="'NAME: VALUE'",
+    help="Add or override a request header; 'Name:' removes a default one. Repeatable.",
+)
+@click.option("-A", "--user-agent", default=f"pooledfetch/{__version__}", show_default=True)
+@click.option("--max-redirects", type=click.IntRange(min=0), default=10, show_default=True)
+@click.option("--no-follow", is_flag=True, help="Do not follow redirects: report the 3xx itself.")
+@click.option("-k", "--insecure", is_flag=True, help="Do not verify TLS certificates.")
+@click.option(
+    "--ca-bundle", type=click.Path(exists=True), help="CA certificates (file or directory) to verify TLS with."
+)
+@click.option(
+    "--max-bytes",
+    default="100MB",
+    show_default=True,
+    metavar="SIZE",
+    help="Stop reading a body past this size (decoded) and report body_too_large.",
+)
+@click.option("--base-url", metavar="URL", help="Resolve relative lines (/path, path) against this URL.")
+@click.option(
+    "--default-scheme",
+    type=click.Choice(["http", "https"]),
+    default="https",
+    show_default=True,
+    help="Scheme for lines that start with a host (example.com/a).",
+)
+@click.option("--dedupe", is_flag=True, help="Skip exact repeats of a line (their index is not reused).")
+@click.option("--fail-on-http-error", is_flag=True, help="Exit 1 when any URL answers 4xx or 5xx.")
+@click.option("--debug", is_flag=True, help="Show tracebacks for unexpected errors.")
+@click.version_option(__version__, "-V", "--version", prog_name="pooledfetch")
+def cli(**options: Any) -> None:
+    """Fetch every URL in INPUTS (files, '-' for stdin) through one pooled HTTP session.
+
+    \b
+    Prints one line per URL: status or error class, total ms, bytes, URL.
+    Exit codes: 0 every URL got an HTTP response, 1 some failed, 2 usage error, 130 interrupted.
+    """
+    try:
+        sys.exit(_run(options))
+    except PooledFetchError as exc:
+        _fail(str(exc), exc.exit_code)
+    except click.ClickException:
+        raise
+    except Exception as exc:
+        if options["debug"]:
+            raise
+        _fail(f"unexpected {type(exc).__name__}: {exc} (run with --debug for details)", ExitCode.SOME_FAILED)
+
+
+def _run(options: dict[str, Any]) -> ExitCode:
+    from pooledfetch.config import FetchConfig
+    from pooledfetch.errors import ConfigError
+    from pooledfetch.export import format_for, open_exporter
+    from pooledfetch.sink import Sink
+    from pooledfetch.stats import RunStats
+
+    inputs: tuple[str, ...] = options["inputs"]
+    if not inputs and not options["demo"]:
+        if _stdin_is_terminal():
+            raise click.UsageError("no input: give a file of URLs, '-' to read stdin, or --demo to try it out")
+        inputs = ("-",)
+    if options["insecure"]:
+        # The user asked for it once; urllib3 would otherwise warn once per connection.
+        import warnings
+
+        from urllib3.exceptions import InsecureRequestWarning
+
+        warnings.simplefilter("ignore", InsecureRequestWarning)
+
+    with ExitStack() as stack:
+        base_url = options["base_url"]
+        if options["demo"]:
+            from pooledfetch.demo import DemoServer
+
+            base_url = stack.enter_context(DemoServer()).base_url
+            if not options["quiet"]:
+                click.echo(f"pooledfetch: demo server at {base_url}", err=True)
+        data = _body(options["data"])
+        timeout = options["timeout"]
+        try:
+            config = FetchConfig(
+                workers=options["workers"] or 0,
+                pool_connections=options["pool_connections"],
+                pool_maxsize=options["pool_maxsize"],
+                pool_block=options["pool_block"],
+                retries=options["retries"],
+                backoff_factor=options["backoff_factor"],
+                retry_statuses=_statuses(options["retry_status"]),
+                max_retry_wait=options["max_retry_wait"],
+                connect_timeout=options["connect_timeout"] or timeout or 10.0,
+                read_timeout=options["read_timeout"] or timeout or 30.0,
+                method=options["method"] or ("POST" if data is not None else "GET"),
+                data=data,
+                headers=tuple(_header(value) for value in options["headers"]),
+                user_agent=options["user_agent"],
+                follow_redirects=not options["no_follow"],
+                max_redirects=options["max_redirects"],
+                verify=not options["insecure"],
+                ca_bundle=options["ca_bundle"],
+                max_bytes=_size(options["max_bytes"]),
+                base_url=base_url,
+                default_scheme=options["default_scheme"],
+                dedupe=options["dedupe"],
+            )
+        except ConfigError as exc:
+            raise click.UsageError(str(exc)) from None
+
+        stats = stack.enter_context(RunStats())
+        sinks: list[Sink] = [stats]
+        for path in options["outputs"]:
+            sinks.append(stack.enter_context(open_exporter(path, format_for(path, options["export_format"]))))
+        if not options["quiet"] and "-" not in options["outputs"]:
+            sinks.append(stack.enter_context(_plain_lines()))
+        if not options["quiet"]:
+            stack.callback(lambda: click.echo(stats.summary_line(), err=True))
+
+        cancel = threading.Event()
+        interrupted = False
+        try:
+            with _graceful_interrupts(cancel):
+                _consume(inputs, options["demo"], config, cancel, sinks)
+        except KeyboardInterrupt:
+            interrupted = True
+        interrupted = interrupted or cancel.is_set()
+
+    if interrupted:
+        return ExitCode.INTERRUPTED
+    if stats.failed or (options["fail_on_http_error"] and stats.http_errors):
+        return ExitCode.SOME_FAILED
+    return ExitCode.OK
+
+
+def _plain_lines() -> Any:
+    from pooledfetch.plain import PlainLines
+
+    colour = sys.stdout.isatty() and "NO_COLOR" not in os.environ and os.environ.get("TERM") != "dumb"
+    return PlainLines(sys.stdout, colour)
+
+
+def _consume(inputs: tuple[str, ...], demo: bool, config: Any, cancel: threading.Event, sinks: list[Any]) -> None:
+    from pooledfetch.demo import sample_lines
+    from pooledfetch.engine import fetch_all
+    from pooledfetch.sources import read_lines
+
+    lines = sample_lines() if demo and not inputs else read_lines(inputs)
+    results = fetch_all(lines, config, cancel=cancel)
+    try:
+        for result in results:
+            for sink in sinks:
+                sink.write(result)
+    finally:
+        results.close()  # type: ignore[attr-defined]
+
+
+def main() -> None:
+    """Console-script entry point."""
+    try:
+        cli.main(prog_name="pooledfetch")
+    except SystemExit as exit_:
+        if exit_.code == ExitCode.INTERRUPTED:
+            # Abandoned worker threads may sit in a socket read until their timeout; the
+            # exports are closed and the summary printed, so do not wait for them.
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(ExitCode.INTERRUPTED)
+        raise

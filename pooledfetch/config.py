@@ -1,0 +1,111 @@
+"""`FetchConfig`: every tunable of a run, frozen and validated once."""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit
+
+from pooledfetch import __version__
+from pooledfetch.errors import ConfigError
+
+DEFAULT_POOL_CONNECTIONS = 100
+DEFAULT_POOL_MAXSIZE = 20
+DEFAULT_RETRIES = 2
+DEFAULT_BACKOFF_FACTOR = 0.5
+DEFAULT_RETRY_STATUSES = (429, 500, 502, 503, 504)
+DEFAULT_MAX_RETRY_WAIT = 60.0
+DEFAULT_CONNECT_TIMEOUT = 10.0
+DEFAULT_READ_TIMEOUT = 30.0
+DEFAULT_MAX_REDIRECTS = 10
+DEFAULT_MAX_BYTES = 100 * 1000 * 1000
+DEFAULT_USER_AGENT = f"pooledfetch/{__version__}"
+FETCHABLE_SCHEMES = ("http", "https")
+
+# RFC 9110 token: what a method or a header name may be made of.
+_TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
+
+
+@dataclass(frozen=True, slots=True)
+class FetchConfig:
+    """Everything the engine needs; plain values only, so it pickles to worker processes."""
+
+    workers: int = 0  # 0 means "as many as --pool-maxsize"
+    pool_connections: int = DEFAULT_POOL_CONNECTIONS
+    pool_maxsize: int = DEFAULT_POOL_MAXSIZE
+    pool_block: bool = True
+    retries: int = DEFAULT_RETRIES
+    backoff_factor: float = DEFAULT_BACKOFF_FACTOR
+    retry_statuses: tuple[int, ...] = DEFAULT_RETRY_STATUSES
+    max_retry_wait: float = DEFAULT_MAX_RETRY_WAIT
+    connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
+    read_timeout: float = DEFAULT_READ_TIMEOUT
+    method: str = "GET"
+    data: bytes | None = None
+    headers: tuple[tuple[str, str], ...] = ()
+    user_agent: str = DEFAULT_USER_AGENT
+    follow_redirects: bool = True
+    max_redirects: int = DEFAULT_MAX_REDIRECTS
+    verify: bool = True
+    ca_bundle: str | None = None
+    max_bytes: int = DEFAULT_MAX_BYTES
+    base_url: str | None = None
+    default_scheme: str = "https"
+    dedupe: bool = False
+    proxies: tuple[tuple[str, str], ...] = field(default=())
+
+    def __post_init__(self) -> None:
+        if self.workers == 0:
+            object.__setattr__(self, "workers", self.pool_maxsize)
+        object.__setattr__(self, "method", self.method.upper())
+        self._validate()
+
+    @property
+    def max_in_flight(self) -> int:
+        """Targets submitted but not yet consumed: bounded so memory stays flat."""
+        return 2 * self.workers
+
+    @property
+    def timeout(self) -> tuple[float, float]:
+        return (self.connect_timeout, self.read_timeout)
+
+    def _validate(self) -> None:
+        for name in ("workers", "pool_connections", "pool_maxsize", "max_bytes"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{_option(name)} must be at least 1")
+        for name in ("retries", "max_redirects"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{_option(name)} must be 0 or more")
+        for name in ("connect_timeout", "read_timeout"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"{_option(name)} must be more than 0 seconds")
+        for name in ("backoff_factor", "max_retry_wait"):
+            if not getattr(self, name) >= 0:
+                raise ConfigError(f"{_option(name)} must be 0 or more")
+        for status in self.retry_statuses:
+            if not 100 <= status <= 599:
+                raise ConfigError(f"--retry-status {status} is not an HTTP status (100-599)")
+        if not _TOKEN.match(self.method):
+            raise ConfigError(f"--method {self.method!r} is not a valid HTTP method")
+        for name, value in self.headers:
+            if not _TOKEN.match(name):
+                raise ConfigError(f"header name {name!r} is not valid: use -H 'Name: value'")
+            if any(ch in value for ch in "\r\n\0"):
+                raise ConfigError(f"header {name!r} contains a line break or NUL byte")
+        if any(ch in self.user_agent for ch in "\r\n\0"):
+            raise ConfigError("--user-agent contains a line break or NUL byte")
+        if self.default_scheme not in FETCHABLE_SCHEMES:
+            raise ConfigError("--default-scheme must be http or https")
+        if self.base_url is not None:
+            parts = urlsplit(self.base_url)
+            if parts.scheme not in FETCHABLE_SCHEMES or not parts.hostname:
+                raise ConfigError(
+                    f"--base-url {self.base_url!r} must be an absolute http(s) URL, e.g. https://example.com/"
+                )
+        if self.ca_bundle is not None and not os.path.exists(self.ca_bundle):
+            raise ConfigError(f"--ca-bundle {self.ca_bundle!r} does not exist")
+
+
+def _option(field_name: str) -> str:
+    return "--" + field_name.replace("_", "-")

@@ -1,0 +1,247 @@
+"""The bounded thread-pool pipeline: Targets in, Results out as they complete.
+
+The engine knows nothing about terminals or files, and holds no global state, so a worker
+process can run it on a chunk of targets and hand the results back.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from datetime import UTC, datetime
+
+import requests
+import urllib3.exceptions as uex
+
+from pooledfetch import results as rc
+from pooledfetch.config import FetchConfig
+from pooledfetch.results import Result, classify
+from pooledfetch.session import BadRedirect, Transport
+from pooledfetch.sources import Target, iter_targets
+
+BODY_CHUNK = 64 * 1024
+# A redirect's body is read only this far, so the connection can go back to its pool;
+# a longer one costs a new connection rather than an unbounded read.
+REDIRECT_DRAIN_LIMIT = 64 * 1024
+# After Ctrl-C: how long requests already on the wire may finish before they are abandoned.
+DEFAULT_GRACE_SECONDS = 3.0
+_POLL_SECONDS = 0.2
+
+
+class _Stopped(Exception):
+    """Raised inside a body read when the run is being torn down."""
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+def fetch_all(
+    urls: Iterable[str | bytes],
+    config: FetchConfig | None = None,
+    *,
+    cancel: threading.Event | None = None,
+) -> Iterator[Result]:
+    """Fetch every URL line and yield one `Result` per line, in completion order.
+
+    Blank lines and `#` comments are skipped; every other line yields exactly one result,
+    an invalid one included. Setting `cancel` stops submitting: the remaining lines come
+    back as `cancelled` rows and requests already on the wire get a short grace period.
+    """
+    config = config or FetchConfig()
+    return run(iter_targets(urls, config), config, cancel=cancel)
+
+
+def run(
+    targets: Iterable[Target],
+    config: FetchConfig,
+    *,
+    cancel: threading.Event | None = None,
+    grace_seconds: float = DEFAULT_GRACE_SECONDS,
+) -> Iterator[Result]:
+    cancel = cancel or threading.Event()
+    abandon = threading.Event()
+    transport = Transport(config)
+    executor = ThreadPoolExecutor(config.workers, thread_name_prefix="pooledfetch")
+    pending: dict[Future[Result], Target] = {}
+    try:
+        for target in targets:
+            if cancel.is_set():
+                yield _error_result(target, config, rc.CANCELLED, "run interrupted before this URL was sent")
+            elif target.url is None:
+                yield _error_result(target, config, rc.INVALID_URL, target.invalid_reason or "invalid URL")
+            else:
+                pending[executor.submit(fetch_one, transport, target, abandon)] = target
+                while len(pending) >= config.max_in_flight and not cancel.is_set():
+                    yield from _collect(pending, _POLL_SECONDS)
+        while pending and not cancel.is_set():
+            yield from _collect(pending, _POLL_SECONDS)
+        if pending:
+            yield from _wind_down(pending, config, abandon, grace_seconds)
+    finally:
+        abandon.set()
+        executor.shutdown(wait=False, cancel_futures=True)
+        transport.close()
+
+
+def _collect(pending: dict[Future[Result], Target], timeout: float) -> Iterator[Result]:
+    done, _ = wait(pending, timeout=timeout, return_when=FIRST_COMPLETED)
+    for future in done:
+        target = pending.pop(future)
+        yield _outcome(future, target)
+
+
+def _wind_down(
+    pending: dict[Future[Result], Target], config: FetchConfig, abandon: threading.Event, grace_seconds: float
+) -> Iterator[Result]:
+    """Cancel what has not started; give what is on the wire `grace_seconds`, then abandon it."""
+    for future in [f for f in pending if f.cancel()]:
+        yield _error_result(pending.pop(future), config, rc.CANCELLED, "run interrupted before this URL was sent")
+    deadline = time.monotonic() + grace_seconds
+    while pending and time.monotonic() < deadline:
+        yield from _collect(pending, min(_POLL_SECONDS, max(0.0, deadline - time.monotonic())))
+    abandon.set()
+    # Body loops notice `abandon` between reads; a thread blocked in a read is left behind.
+    yield from _collect(pending, _POLL_SECONDS)
+    for target in pending.values():
+        yield _error_result(target, config, rc.INTERRUPTED, "run interrupted while this URL was in flight")
+    pending.clear()
+
+
+def _outcome(future: Future[Result], target: Target) -> Result:
+    try:
+        return future.result()
+    except BaseException as exc:  # noqa: BLE001 - a bug in one fetch must not lose the row
+        return _error_result(target, None, rc.OTHER, f"{type(exc).__name__}: {exc}")
+
+
+def fetch_one(transport: Transport, target: Target, abandon: threading.Event) -> Result:
+    """Fetch one URL, following redirects by hand, and never raise."""
+    config = transport.config
+    started_at = _now_iso()
+    start = time.perf_counter()
+    assert target.url is not None
+    response: requests.Response | None = None
+    redirects = retries = 0
+    ttfb_ms: float | None = None
+    received = 0
+    error = detail = ""
+    try:
+        prepared = transport.prepare(target.url)
+        while True:
+            response = transport.send(prepared)
+            retries += _retries_used(response)
+            location = transport.session.get_redirect_target(response) if config.follow_redirects else None
+            if location is None:
+                break
+            if redirects >= config.max_redirects:
+                error, detail = rc.TOO_MANY_REDIRECTS, f"more than {config.max_redirects} redirects"
+                break
+            _release_redirect(response)
+            prepared = transport.redirect_request(prepared, response, location)
+            redirects += 1
+        ttfb_ms = _ms_since(start)
+        if not error:
+            received = _read_body(response, config.max_bytes, abandon)
+    except _BodyTooLarge:
+        error, detail = rc.BODY_TOO_LARGE, f"body larger than --max-bytes {config.max_bytes}"
+    except _Stopped:
+        error, detail = rc.INTERRUPTED, "run interrupted while the body was being read"
+    except BadRedirect as exc:
+        error, detail = rc.BAD_REDIRECT, str(exc)
+    except Exception as exc:  # noqa: BLE001 - every failure becomes a classified row
+        error, detail = classify(exc)
+        if _retries_exhausted(exc):
+            retries += config.retries
+    finally:
+        if response is not None:
+            # Returns a fully read connection to its pool; closes one with unread body.
+            response.close()
+    status = response.status_code if response is not None else None
+    return Result(
+        index=target.index,
+        url=target.raw,
+        final_url=response.url if response is not None else target.url,
+        method=config.method,
+        status=status,
+        reason=(response.reason or "") if response is not None else "",
+        ok=not error and status is not None and status < 400,
+        error=error,
+        error_detail=detail,
+        ttfb_ms=ttfb_ms,
+        total_ms=_ms_since(start),
+        bytes=received,
+        content_type=response.headers.get("Content-Type", "") if response is not None else "",
+        redirects=redirects,
+        retries=retries,
+        started_at=started_at,
+    )
+
+
+def _read_body(response: requests.Response, max_bytes: int, abandon: threading.Event) -> int:
+    """Count the decoded body without keeping it; stop past `max_bytes` (decoded or on the wire)."""
+    raw = response.raw
+    received = 0
+    for chunk in raw.stream(BODY_CHUNK, decode_content=True):
+        received += len(chunk)
+        if received > max_bytes or raw.tell() > max_bytes:
+            raise _BodyTooLarge
+        if abandon.is_set():
+            raise _Stopped
+    return received
+
+
+def _release_redirect(response: requests.Response) -> None:
+    raw = response.raw
+    try:
+        raw.read(REDIRECT_DRAIN_LIMIT, decode_content=False)
+    except (uex.HTTPError, OSError):
+        pass  # the redirect is followed regardless; close() below discards the connection
+    if not raw.closed:
+        response.close()
+
+
+def _retries_used(response: requests.Response) -> int:
+    retry = getattr(response.raw, "retries", None)
+    return len(retry.history) if retry is not None else 0
+
+
+def _retries_exhausted(exc: BaseException) -> bool:
+    while True:
+        if isinstance(exc, uex.MaxRetryError):
+            return not isinstance(exc.reason, uex.ResponseError)
+        if isinstance(exc, requests.RequestException) and exc.args and isinstance(exc.args[0], BaseException):
+            exc = exc.args[0]
+        else:
+            return False
+
+
+def _error_result(target: Target, config: FetchConfig | None, error: str, detail: str) -> Result:
+    return Result(
+        index=target.index,
+        url=target.raw,
+        final_url=target.url or "",
+        method=config.method if config is not None else "",
+        status=None,
+        reason="",
+        ok=False,
+        error=error,
+        error_detail=detail,
+        ttfb_ms=None,
+        total_ms=0.0,
+        bytes=0,
+        content_type="",
+        redirects=0,
+        retries=0,
+        started_at=_now_iso(),
+    )
+
+
+def _now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
+
+
+def _ms_since(start: float) -> float:
+    return round((time.perf_counter() - start) * 1000.0, 3)

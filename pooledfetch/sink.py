@@ -1,0 +1,25 @@
+"""The shape every consumer of results has: opened on creation, written one row at a time on
+one thread, closed on every exit path (use it as a context manager)."""
+
+from __future__ import annotations
+
+from types import TracebackType
+from typing import Self
+
+from pooledfetch.results import Result
+
+
+class Sink:
+    def write(self, result: Result) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Release what the sink holds; safe to call more than once."""
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
