@@ -14,12 +14,16 @@ import threading
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from types import FrameType
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
 from pooledfetch import __version__
 from pooledfetch.errors import ExitCode, PooledFetchError
+
+if TYPE_CHECKING:
+    from pooledfetch.config import FetchConfig
+    from pooledfetch.sink import Sink
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b?)\s*$", re.IGNORECASE)
 _SIZE_POWERS = {"": 0, "k": 1, "m": 2, "g": 3, "t": 4}
@@ -233,7 +237,6 @@ def _run(options: dict[str, Any]) -> ExitCode:
     from pooledfetch.config import FetchConfig
     from pooledfetch.errors import ConfigError
     from pooledfetch.export import format_for, open_exporter
-    from pooledfetch.sink import Sink
     from pooledfetch.stats import RunStats
 
     inputs: tuple[str, ...] = options["inputs"]
@@ -319,19 +322,21 @@ def _plain_lines() -> Any:
     return PlainLines(sys.stdout, colour)
 
 
-def _consume(inputs: tuple[str, ...], demo: bool, config: Any, cancel: threading.Event, sinks: list[Any]) -> None:
+def _consume(
+    inputs: tuple[str, ...], demo: bool, config: FetchConfig, cancel: threading.Event, sinks: list[Sink]
+) -> None:
     from pooledfetch.demo import sample_lines
-    from pooledfetch.engine import fetch_all
-    from pooledfetch.sources import read_lines
+    from pooledfetch.engine import run
+    from pooledfetch.sources import iter_targets, read_lines
 
     lines = sample_lines() if demo and not inputs else read_lines(inputs)
-    results = fetch_all(lines, config, cancel=cancel)
+    results = run(iter_targets(lines, config), config, cancel=cancel)
     try:
         for result in results:
             for sink in sinks:
                 sink.write(result)
     finally:
-        results.close()  # type: ignore[attr-defined]
+        results.close()
 
 
 def main() -> None:

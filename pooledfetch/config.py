@@ -56,6 +56,8 @@ class FetchConfig:
     proxies: tuple[tuple[str, str], ...] = field(default=())
 
     def __post_init__(self) -> None:
+        if self.pool_maxsize < 1:
+            raise ConfigError("--pool-maxsize must be at least 1")
         if self.workers == 0:
             object.__setattr__(self, "workers", self.pool_maxsize)
         object.__setattr__(self, "method", self.method.upper())

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Generator, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from datetime import UTC, datetime
 
@@ -60,7 +60,7 @@ def run(
     *,
     cancel: threading.Event | None = None,
     grace_seconds: float = DEFAULT_GRACE_SECONDS,
-) -> Iterator[Result]:
+) -> Generator[Result, None, None]:
     cancel = cancel or threading.Event()
     abandon = threading.Event()
     transport = Transport(config)
@@ -126,7 +126,7 @@ def fetch_one(transport: Transport, target: Target, abandon: threading.Event) ->
     response: requests.Response | None = None
     redirects = retries = 0
     ttfb_ms: float | None = None
-    received = 0
+    body = _BodyProgress()
     error = detail = ""
     try:
         prepared = transport.prepare(target.url)
@@ -144,7 +144,7 @@ def fetch_one(transport: Transport, target: Target, abandon: threading.Event) ->
             redirects += 1
         ttfb_ms = _ms_since(start)
         if not error:
-            received = _read_body(response, config.max_bytes, abandon)
+            _read_body(response, config.max_bytes, abandon, body)
     except _BodyTooLarge:
         error, detail = rc.BODY_TOO_LARGE, f"body larger than --max-bytes {config.max_bytes}"
     except _Stopped:
@@ -172,7 +172,7 @@ def fetch_one(transport: Transport, target: Target, abandon: threading.Event) ->
         error_detail=detail,
         ttfb_ms=ttfb_ms,
         total_ms=_ms_since(start),
-        bytes=received,
+        bytes=body.received,
         content_type=response.headers.get("Content-Type", "") if response is not None else "",
         redirects=redirects,
         retries=retries,
@@ -180,17 +180,24 @@ def fetch_one(transport: Transport, target: Target, abandon: threading.Event) ->
     )
 
 
-def _read_body(response: requests.Response, max_bytes: int, abandon: threading.Event) -> int:
+class _BodyProgress:
+    """Bytes counted so far, kept outside the read loop so a failed read still reports them."""
+
+    __slots__ = ("received",)
+
+    def __init__(self) -> None:
+        self.received = 0
+
+
+def _read_body(response: requests.Response, max_bytes: int, abandon: threading.Event, body: _BodyProgress) -> None:
     """Count the decoded body without keeping it; stop past `max_bytes` (decoded or on the wire)."""
     raw = response.raw
-    received = 0
     for chunk in raw.stream(BODY_CHUNK, decode_content=True):
-        received += len(chunk)
-        if received > max_bytes or raw.tell() > max_bytes:
+        body.received += len(chunk)
+        if body.received > max_bytes or raw.tell() > max_bytes:
             raise _BodyTooLarge
         if abandon.is_set():
             raise _Stopped
-    return received
 
 
 def _release_redirect(response: requests.Response) -> None:

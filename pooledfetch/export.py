@@ -58,7 +58,12 @@ class _FileExporter(Sink):
         self._path = path
         self._owned = owned
         self._closed = False
-        self._guarded(self.begin)
+        self._failed = False
+        try:
+            self._guarded(self.begin)
+        except ExportError:
+            self.close()
+            raise
 
     def begin(self) -> None:
         """Write whatever precedes the first row."""
@@ -77,7 +82,8 @@ class _FileExporter(Sink):
             return
         self._closed = True
         try:
-            self._guarded(self.end)
+            if not self._failed:
+                self._guarded(self.end)
         finally:
             if self._owned:
                 try:
@@ -90,6 +96,7 @@ class _FileExporter(Sink):
             action()
             self._stream.flush()
         except OSError as exc:
+            self._failed = True
             raise ExportError(f"cannot write export {self._path!r}: {exc.strerror or exc}") from exc
 
 

@@ -7,6 +7,7 @@ only safe while nothing writes to it.
 
 from __future__ import annotations
 
+import re
 import urllib.request
 from http.cookiejar import CookiePolicy, DefaultCookiePolicy
 from typing import TYPE_CHECKING, Any
@@ -19,15 +20,17 @@ from requests.utils import requote_uri, select_proxy, should_bypass_proxies
 from urllib3 import HTTPConnectionPool, HTTPSConnectionPool
 from urllib3.exceptions import MaxRetryError, ResponseError
 from urllib3.response import BaseHTTPResponse
-from urllib3.util import Retry, make_headers
+from urllib3.util import SKIP_HEADER, SKIPPABLE_HEADERS, Retry, make_headers
 
 from pooledfetch.config import FETCHABLE_SCHEMES, FetchConfig
+from pooledfetch.sources import normalize_url
 
 if TYPE_CHECKING:
     from urllib3._base_connection import BaseHTTPConnection
 
 # Idempotent methods only: retrying a POST could repeat its side effects.
 RETRYABLE_METHODS = Retry.DEFAULT_ALLOWED_METHODS
+_HAS_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*:")
 _BODY_HEADERS = ("Content-Length", "Content-Type", "Transfer-Encoding")
 _CREDENTIAL_HEADERS = ("Cookie", "Proxy-Authorization")
 
@@ -115,6 +118,9 @@ def build_headers(config: FetchConfig) -> CaseInsensitiveDict[str | bytes]:
     for name, value in config.headers:
         if value:
             headers[name] = value
+        elif name.lower() in SKIPPABLE_HEADERS:
+            # urllib3 would fill these in itself; SKIP_HEADER makes it send none.
+            headers[name] = SKIP_HEADER
         else:
             # curl's convention: `-H 'Name:'` removes a default header.
             headers.pop(name, None)
@@ -194,14 +200,12 @@ class Transport:
         assert previous.url is not None
         if location.startswith("//"):
             location = f"{urlsplit(previous.url).scheme}:{location}"
-        try:
-            parts = urlsplit(location)
-            url = requote_uri(location) if parts.netloc else urljoin(previous.url, requote_uri(location))
-            scheme = urlsplit(url).scheme.lower()
-        except ValueError as exc:
-            raise BadRedirect(f"unparsable Location {location[:200]!r}: {exc}") from exc
-        if scheme not in FETCHABLE_SCHEMES:
-            raise BadRedirect(f"redirect to a {scheme or 'relative'!r} URL not followed: {location[:200]!r}")
+        absolute = location if _HAS_SCHEME.match(location) else urljoin(previous.url, location)
+        # The same rules as for input lines: http(s) only, a host, a usable port.
+        url, reason = normalize_url(absolute, None, "https")
+        if url is None:
+            raise BadRedirect(f"redirect not followed: {reason}: {location[:200]!r}")
+        url = requote_uri(url)
         following = previous.copy()
         following.prepare_url(url, None)
         self.session.rebuild_method(following, response)

@@ -19,8 +19,10 @@ MAX_LINE_BYTES = 1024 * 1024
 _SCHEME_SLASHES = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*)://")
 # "javascript:…", "mailto:…", "data:…"; "localhost:8080/x" is a host with a port, not a scheme.
 _OPAQUE_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*):(?!\d)")
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 _UTF8_BOM = "\ufeff"
+_UTF8_BOM_BYTES = _UTF8_BOM.encode("utf-8")
+_OVERLONG_PREFIX = 200
 _BAD_HOST_CHAR = re.compile(r"[\s<>\"{}|\\^`!$&'()*+,;=]")
 
 
@@ -34,7 +36,14 @@ class Target:
     invalid_reason: str | None = None
 
 
-def read_lines(paths: Sequence[str]) -> Iterator[bytes]:
+@dataclass(frozen=True, slots=True)
+class OverlongLine:
+    """A line past MAX_LINE_BYTES, kept only as a prefix: it still becomes one (invalid) row."""
+
+    prefix: bytes
+
+
+def read_lines(paths: Sequence[str]) -> Iterator[bytes | OverlongLine]:
     """Yield the raw lines of each file in turn (`-` is stdin), opening each only when reached."""
     for path in paths:
         if path == STDIN:
@@ -48,21 +57,22 @@ def read_lines(paths: Sequence[str]) -> Iterator[bytes]:
             yield from _bounded_lines(stream)
 
 
-def _bounded_lines(stream: Iterable[bytes]) -> Iterator[bytes]:
+def _bounded_lines(stream: Iterable[bytes]) -> Iterator[bytes | OverlongLine]:
     readline = getattr(stream, "readline")  # noqa: B009 - file objects and sys.stdin.buffer
     while True:
-        line: bytes = readline(MAX_LINE_BYTES)
+        # One byte past the limit tells a line of exactly MAX_LINE_BYTES from a longer one.
+        line: bytes = readline(MAX_LINE_BYTES + 1)
         if not line:
             return
-        if len(line) == MAX_LINE_BYTES and not line.endswith(b"\n"):
-            # Skip the rest of the overlong line; keep a prefix so the row says what it was.
+        if len(line) > MAX_LINE_BYTES and not line.endswith(b"\n"):
             while (rest := readline(MAX_LINE_BYTES)) and not rest.endswith(b"\n"):
                 pass
-            line = b"\0overlong\0" + line[:200]
-        yield line
+            yield OverlongLine(line[:_OVERLONG_PREFIX])
+        else:
+            yield line
 
 
-def iter_targets(lines: Iterable[str | bytes], config: FetchConfig) -> Iterator[Target]:
+def iter_targets(lines: Iterable[str | bytes | OverlongLine], config: FetchConfig) -> Iterator[Target]:
     """Number the URL lines (blank lines and `#` comments are skipped) and normalise each."""
     seen: set[bytes] = set()
     index = 0
@@ -85,18 +95,24 @@ def iter_targets(lines: Iterable[str | bytes], config: FetchConfig) -> Iterator[
         index += 1
 
 
-def _decode(line: str | bytes) -> tuple[str, str | None]:
+def _decode(line: str | bytes | OverlongLine) -> tuple[str, str | None]:
+    if isinstance(line, OverlongLine):
+        prefix = line.prefix.decode("utf-8", "backslashreplace")
+        return _strip(prefix) + "…", f"line longer than {MAX_LINE_BYTES} bytes"
     if isinstance(line, bytes):
-        if line.startswith(b"\0overlong\0"):
-            prefix = line[len(b"\0overlong\0") :].decode("utf-8", "backslashreplace")
-            return prefix.strip() + "…", f"line longer than {MAX_LINE_BYTES} bytes"
+        line = line.removeprefix(_UTF8_BOM_BYTES)
         try:
             text = line.decode("utf-8")
         except UnicodeDecodeError:
-            return line.decode("utf-8", "backslashreplace").strip(), "line is not valid UTF-8"
+            return _strip(line.decode("utf-8", "backslashreplace")), "line is not valid UTF-8"
     else:
-        text = line
-    return text.lstrip(_UTF8_BOM).strip(), None
+        text = line.removeprefix(_UTF8_BOM)
+    return _strip(text), None
+
+
+def _strip(text: str) -> str:
+    # ASCII whitespace only: str.strip() would also eat \x1c-\x1f and \x85, silently changing a URL.
+    return text.strip(" \t\r\n\x0b\x0c")
 
 
 def normalize_url(text: str, base_url: str | None, default_scheme: str) -> tuple[str | None, str | None]:
@@ -113,7 +129,10 @@ def normalize_url(text: str, base_url: str | None, default_scheme: str) -> tuple
         url = f"{scheme}:{text}"
     elif text.startswith("/") or not _starts_with_host(text):
         if (match := _OPAQUE_SCHEME.match(text)) and not text.startswith("/"):
-            return None, f"unsupported scheme {match.group(1).lower()!r}: only http and https"
+            scheme = match.group(1).lower()
+            if scheme in FETCHABLE_SCHEMES:
+                return None, f"malformed URL: '{scheme}:' must be followed by '//host'"
+            return None, f"unsupported scheme {scheme!r}: only http and https"
         if base_url is None:
             return None, "relative URL: give --base-url to resolve it"
         url = urljoin(base_url, text)
@@ -129,7 +148,8 @@ def normalize_url(text: str, base_url: str | None, default_scheme: str) -> tuple
             return None, "no host in URL"
         if _BAD_HOST_CHAR.search(parts.hostname):
             return None, f"invalid character in host {parts.hostname!r}"
-        parts.port  # noqa: B018 - raises ValueError for a bad port
+        if parts.port == 0:  # a bad port raises ValueError here
+            return None, "malformed URL: port 0 is not a port to connect to"
     except ValueError as exc:
         return None, f"malformed URL: {exc}"
     return url, None
@@ -142,6 +162,8 @@ def _has_broken_scheme(text: str) -> bool:
 
 def _starts_with_host(text: str) -> bool:
     first = re.split(r"[/?#]", text, maxsplit=1)[0]
+    if first in (".", ".."):
+        return False
     if first.startswith("["):
         return True
     host, _, port = first.rpartition(":") if ":" in first else (first, "", "")

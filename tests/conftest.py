@@ -1,0 +1,304 @@
+"""Shared fixtures: real servers on loopback only, every behaviour bounded in time.
+
+- `demo_server`: a fresh `pooledfetch.demo.DemoServer` per test (counts `.connections` and `.requests`).
+- `shared_demo_server`: one DemoServer for the whole session, for tests that do not count anything
+  (and for hypothesis tests, which cannot use function-scoped fixtures).
+- `tls_ca`, `ca_pem`, `https_server`: a trustme CA, its PEM on disk, and a DemoServer speaking TLS
+  with a certificate for 127.0.0.1 / localhost signed by that CA.
+- `hostile_server`: a factory for raw TCP servers that misbehave (never answer, stall, truncate, talk garbage).
+- `fake_dns`: a resolver in front of `socket.getaddrinfo`: `*.invalid` fails, `*.test` is 127.0.0.1,
+  everything else goes to the real resolver.
+- `closed_port` (alias `free_port`): a loopback port with nothing listening on it.
+- `httpserver` (pytest-httpserver) listens on 127.0.0.1; `second_httpserver` is another instance on
+  another port, e.g. the far end of a cross-origin redirect.
+
+An autouse fixture removes proxy variables from the environment, so no request leaves loopback through one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import select
+import socket
+import ssl
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trustme
+from pytest_httpserver import HTTPServer
+
+from pooledfetch.demo import DemoServer
+
+LOOPBACK = "127.0.0.1"
+# Upper bound for anything a test server thread does: none may outlive this.
+MAX_THREAD_SECONDS = 10.0
+
+_PROXY_VARIABLES = ("http_proxy", "https_proxy", "all_proxy", "no_proxy")
+
+
+@pytest.fixture(autouse=True)
+def _no_proxy_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tests talk to loopback servers directly; a proxy from the developer's shell must not interfere."""
+    for name in _PROXY_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.upper(), raising=False)
+
+
+# --- the demo server -------------------------------------------------------------------------------
+
+
+# serve_forever() polls for shutdown every 0.5 s by default: that would be added to every test's teardown.
+SERVE_POLL_SECONDS = 0.02
+
+
+def serving(server: DemoServer) -> Iterator[DemoServer]:
+    """Run `server` in a daemon thread (quick to shut down) and stop it afterwards."""
+    thread = threading.Thread(
+        target=server.serve_forever, kwargs={"poll_interval": SERVE_POLL_SECONDS}, name="test-server", daemon=True
+    )
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+        thread.join(MAX_THREAD_SECONDS)
+
+
+@pytest.fixture
+def demo_server() -> Iterator[DemoServer]:
+    """A started DemoServer on 127.0.0.1; `.base_url`, `.connections`, `.requests`."""
+    yield from serving(DemoServer())
+
+
+@pytest.fixture(scope="session")
+def shared_demo_server() -> Iterator[DemoServer]:
+    """One DemoServer for the session: do not assert on its counters."""
+    yield from serving(DemoServer())
+
+
+# --- TLS ------------------------------------------------------------------------------------------------
+
+
+class TLSDemoServer(DemoServer):
+    """The demo server behind TLS. The handshake runs in the handler thread, not in the accept loop."""
+
+    def __init__(self, context: ssl.SSLContext) -> None:
+        super().__init__()
+        self.socket = context.wrap_socket(self.socket, server_side=True, do_handshake_on_connect=False)
+        self.handshake_failures = 0
+
+    @property
+    def base_url(self) -> str:
+        host, port = self.server_address[:2]
+        return f"https://{host!s}:{port}"
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A client rejecting the certificate is an expected outcome here, not a traceback on stderr.
+        with self._lock:
+            self.handshake_failures += 1
+
+
+@pytest.fixture(scope="session")
+def tls_ca() -> trustme.CA:
+    return trustme.CA()
+
+
+@pytest.fixture
+def ca_pem(tls_ca: trustme.CA, tmp_path: Path) -> str:
+    """Path of the trustme CA certificate in PEM form (for FetchConfig(ca_bundle=...))."""
+    path = tmp_path / "ca.pem"
+    tls_ca.cert_pem.write_to_path(str(path))
+    return str(path)
+
+
+@pytest.fixture
+def https_server(tls_ca: trustme.CA) -> Iterator[TLSDemoServer]:
+    """A started TLS demo server whose certificate covers 127.0.0.1 and localhost only."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    tls_ca.issue_cert(LOOPBACK, "localhost").configure_cert(context)
+    yield from serving(TLSDemoServer(context))
+
+
+# --- pytest-httpserver ----------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def httpserver_listen_address() -> tuple[str, int]:
+    """Bind pytest-httpserver's `httpserver` to 127.0.0.1 explicitly (not whatever "localhost" is)."""
+    return (LOOPBACK, 0)
+
+
+@pytest.fixture
+def second_httpserver() -> Iterator[HTTPServer]:
+    """Another pytest-httpserver on its own port, e.g. the far end of a cross-origin redirect."""
+    server = HTTPServer(host=LOOPBACK, port=0)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.clear()
+        if server.is_running():
+            server.stop()
+
+
+# --- hostile servers --------------------------------------------------------------------------------------
+
+Behaviour = Callable[[socket.socket, threading.Event], None]
+
+
+def _read_request_head(conn: socket.socket, stop: threading.Event) -> bytes:
+    """Read until the end of the request head (or the stop event / the time bound)."""
+    data = b""
+    conn.settimeout(0.1)
+    while b"\r\n\r\n" not in data and not stop.is_set() and len(data) < 65536:
+        try:
+            chunk = conn.recv(4096)
+        except TimeoutError:
+            continue
+        except OSError:
+            break
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+def silent(conn: socket.socket, stop: threading.Event) -> None:
+    """Accept, read the request, never answer (until the test ends or the time bound)."""
+    _read_request_head(conn, stop)
+    stop.wait(MAX_THREAD_SECONDS)
+
+
+def stall_after_headers(conn: socket.socket, stop: threading.Event) -> None:
+    """Send a 200 head promising 100 bytes, 10 of them, then nothing."""
+    _read_request_head(conn, stop)
+    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 100\r\n\r\n0123456789")
+    stop.wait(MAX_THREAD_SECONDS)
+
+
+def truncated_body(conn: socket.socket, stop: threading.Event) -> None:
+    """Promise 100 bytes, send 10, close the connection."""
+    _read_request_head(conn, stop)
+    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 100\r\n\r\n0123456789")
+
+
+def garbage(conn: socket.socket, stop: threading.Event) -> None:
+    """Answer with something that is not HTTP, then close."""
+    _read_request_head(conn, stop)
+    conn.sendall(b"SSH-2.0-OpenSSH_9.9 this is not http\r\n\r\n")
+
+
+BEHAVIOURS: dict[str, Behaviour] = {
+    "silent": silent,
+    "stall_after_headers": stall_after_headers,
+    "truncated_body": truncated_body,
+    "garbage": garbage,
+}
+
+
+@dataclass
+class HostileServer:
+    """A raw TCP server on loopback running `behaviour` on each accepted connection in its own thread."""
+
+    behaviour: Behaviour
+    stop_event: threading.Event = field(default_factory=threading.Event)
+    accepted: int = 0
+
+    def __post_init__(self) -> None:
+        self._listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._listener.bind((LOOPBACK, 0))
+        self._listener.listen(64)
+        self.port: int = self._listener.getsockname()[1]
+        self._threads: list[threading.Thread] = []
+        self._accept_thread = threading.Thread(target=self._accept_loop, name="hostile-accept", daemon=True)
+        self._accept_thread.start()
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{LOOPBACK}:{self.port}"
+
+    def _accept_loop(self) -> None:
+        while not self.stop_event.is_set():
+            ready, _, _ = select.select([self._listener], [], [], 0.05)
+            if not ready:
+                continue
+            try:
+                conn, _ = self._listener.accept()
+            except OSError:
+                return
+            self.accepted += 1
+            thread = threading.Thread(target=self._serve, args=(conn,), name="hostile-conn", daemon=True)
+            self._threads.append(thread)
+            thread.start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        with conn, contextlib.suppress(OSError):
+            self.behaviour(conn, self.stop_event)
+
+    def stop(self) -> None:
+        self.stop_event.set()
+        self._accept_thread.join(MAX_THREAD_SECONDS)
+        for thread in self._threads:
+            thread.join(MAX_THREAD_SECONDS)
+        self._listener.close()
+
+
+@pytest.fixture
+def hostile_server() -> Iterator[Callable[[str | Behaviour], HostileServer]]:
+    """Factory: `hostile_server("silent")` (a name from BEHAVIOURS, or any callable taking the
+    accepted socket and a stop event) → a started HostileServer, stopped when the test ends.
+    `.base_url`, `.accepted` (connections so far)."""
+    servers: list[HostileServer] = []
+
+    def start(behaviour: str | Behaviour) -> HostileServer:
+        server = HostileServer(BEHAVIOURS[behaviour] if isinstance(behaviour, str) else behaviour)
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.stop()
+
+
+# --- ports and names -------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def closed_port() -> int:
+    """A loopback port that was free a moment ago and has nothing listening on it."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((LOOPBACK, 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture
+def free_port(closed_port: int) -> int:
+    """Alias of `closed_port`."""
+    return closed_port
+
+
+@pytest.fixture
+def fake_dns(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Resolve `*.invalid` to "no such name" and `*.test` to 127.0.0.1; delegate the rest.
+
+    Returns the list of names looked up, in order, so a test can see what was resolved.
+    """
+    real_getaddrinfo = socket.getaddrinfo
+    looked_up: list[str] = []
+
+    def getaddrinfo(host: Any, port: Any, *args: Any, **kwargs: Any) -> Any:
+        name = host.decode("ascii") if isinstance(host, bytes) else host
+        if isinstance(name, str):
+            looked_up.append(name)
+            if name.rstrip(".").lower().endswith(".invalid"):
+                raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+            if name.rstrip(".").lower().endswith(".test"):
+                return real_getaddrinfo(LOOPBACK, port, *args, **kwargs)
+        return real_getaddrinfo(host, port, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    return looked_up
