@@ -10,6 +10,7 @@ import threading
 import time
 from collections.abc import Generator, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import requests
@@ -18,6 +19,7 @@ import urllib3.exceptions as uex
 from pooledfetch import results as rc
 from pooledfetch.config import FetchConfig
 from pooledfetch.results import Result, classify
+from pooledfetch.pools import PoolAccounting, connection_facts
 from pooledfetch.session import BadRedirect, Transport
 from pooledfetch.sources import Target, iter_targets
 
@@ -28,6 +30,17 @@ REDIRECT_DRAIN_LIMIT = 64 * 1024
 # After Ctrl-C: how long requests already on the wire may finish before they are abandoned.
 DEFAULT_GRACE_SECONDS = 3.0
 _POLL_SECONDS = 0.2
+
+
+@dataclass
+class RunProgress:
+    """What a run exposes while it goes, for live views and summaries.
+
+    `in_flight` is written by the engine on the consuming thread; `accounting` by worker threads.
+    """
+
+    accounting: PoolAccounting = field(default_factory=PoolAccounting)
+    in_flight: int = 0
 
 
 class _Stopped(Exception):
@@ -60,10 +73,12 @@ def run(
     *,
     cancel: threading.Event | None = None,
     grace_seconds: float = DEFAULT_GRACE_SECONDS,
+    progress: RunProgress | None = None,
 ) -> Generator[Result, None, None]:
     cancel = cancel or threading.Event()
+    progress = progress or RunProgress()
     abandon = threading.Event()
-    transport = Transport(config)
+    transport = Transport(config, progress.accounting)
     executor = ThreadPoolExecutor(config.workers, thread_name_prefix="pooledfetch")
     pending: dict[Future[Result], Target] = {}
     try:
@@ -74,40 +89,47 @@ def run(
                 yield _error_result(target, config, rc.INVALID_URL, target.invalid_reason or "invalid URL")
             else:
                 pending[executor.submit(fetch_one, transport, target, abandon)] = target
+                progress.in_flight = len(pending)
                 while len(pending) >= config.max_in_flight and not cancel.is_set():
-                    yield from _collect(pending, _POLL_SECONDS)
+                    yield from _collect(pending, _POLL_SECONDS, progress)
         while pending and not cancel.is_set():
-            yield from _collect(pending, _POLL_SECONDS)
+            yield from _collect(pending, _POLL_SECONDS, progress)
         if pending:
-            yield from _wind_down(pending, config, abandon, grace_seconds)
+            yield from _wind_down(pending, config, abandon, grace_seconds, progress)
     finally:
         abandon.set()
         executor.shutdown(wait=False, cancel_futures=True)
         transport.close()
 
 
-def _collect(pending: dict[Future[Result], Target], timeout: float) -> Iterator[Result]:
+def _collect(pending: dict[Future[Result], Target], timeout: float, progress: RunProgress) -> Iterator[Result]:
     done, _ = wait(pending, timeout=timeout, return_when=FIRST_COMPLETED)
     for future in done:
         target = pending.pop(future)
+        progress.in_flight = len(pending)
         yield _outcome(future, target)
 
 
 def _wind_down(
-    pending: dict[Future[Result], Target], config: FetchConfig, abandon: threading.Event, grace_seconds: float
+    pending: dict[Future[Result], Target],
+    config: FetchConfig,
+    abandon: threading.Event,
+    grace_seconds: float,
+    progress: RunProgress,
 ) -> Iterator[Result]:
     """Cancel what has not started; give what is on the wire `grace_seconds`, then abandon it."""
     for future in [f for f in pending if f.cancel()]:
         yield _error_result(pending.pop(future), config, rc.CANCELLED, "run interrupted before this URL was sent")
     deadline = time.monotonic() + grace_seconds
     while pending and time.monotonic() < deadline:
-        yield from _collect(pending, min(_POLL_SECONDS, max(0.0, deadline - time.monotonic())))
+        yield from _collect(pending, min(_POLL_SECONDS, max(0.0, deadline - time.monotonic())), progress)
     abandon.set()
     # Body loops notice `abandon` between reads; a thread blocked in a read is left behind.
-    yield from _collect(pending, _POLL_SECONDS)
+    yield from _collect(pending, _POLL_SECONDS, progress)
     for target in pending.values():
         yield _error_result(target, config, rc.INTERRUPTED, "run interrupted while this URL was in flight")
     pending.clear()
+    progress.in_flight = 0
 
 
 def _outcome(future: Future[Result], target: Target) -> Result:
@@ -126,6 +148,8 @@ def fetch_one(transport: Transport, target: Target, abandon: threading.Event) ->
     response: requests.Response | None = None
     redirects = retries = 0
     ttfb_ms: float | None = None
+    reused: bool | None = None
+    connect_ms = pool_wait_ms = 0.0
     body = _BodyProgress()
     error = detail = ""
     try:
@@ -133,6 +157,10 @@ def fetch_one(transport: Transport, target: Target, abandon: threading.Event) ->
         while True:
             response = transport.send(prepared)
             retries += _retries_used(response)
+            if facts := connection_facts(response.raw.connection):
+                reused = facts[0]
+                connect_ms += facts[1]
+                pool_wait_ms += facts[2]
             location = transport.session.get_redirect_target(response) if config.follow_redirects else None
             if location is None:
                 break
@@ -177,6 +205,9 @@ def fetch_one(transport: Transport, target: Target, abandon: threading.Event) ->
         redirects=redirects,
         retries=retries,
         started_at=started_at,
+        conn_reused=reused,
+        connect_ms=round(connect_ms, 3) if reused is not None else None,
+        pool_wait_ms=round(pool_wait_ms, 3) if reused is not None else None,
     )
 
 
@@ -243,6 +274,9 @@ def _error_result(target: Target, config: FetchConfig | None, error: str, detail
         redirects=0,
         retries=0,
         started_at=_now_iso(),
+        conn_reused=None,
+        connect_ms=None,
+        pool_wait_ms=None,
     )
 
 

@@ -53,6 +53,10 @@ class Result:
     redirects: int
     retries: int
     started_at: str
+    # Appended in 1.1: what the pool did for this request (None when no connection was used).
+    conn_reused: bool | None = None
+    connect_ms: float | None = None
+    pool_wait_ms: float | None = None
 
     @property
     def got_response(self) -> bool:

@@ -10,23 +10,20 @@ from __future__ import annotations
 import re
 import urllib.request
 from http.cookiejar import CookiePolicy, DefaultCookiePolicy
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import urljoin, urlsplit
 
 import requests
 from requests.adapters import HTTPAdapter
 from requests.structures import CaseInsensitiveDict
 from requests.utils import requote_uri, select_proxy, should_bypass_proxies
-from urllib3 import HTTPConnectionPool, HTTPSConnectionPool
 from urllib3.exceptions import MaxRetryError, ResponseError
 from urllib3.response import BaseHTTPResponse
 from urllib3.util import SKIP_HEADER, SKIPPABLE_HEADERS, Retry, make_headers
 
 from pooledfetch.config import FETCHABLE_SCHEMES, FetchConfig
+from pooledfetch.pools import PoolAccounting, pool_classes
 from pooledfetch.sources import normalize_url
-
-if TYPE_CHECKING:
-    from urllib3._base_connection import BaseHTTPConnection
 
 # Idempotent methods only: retrying a POST could repeat its side effects.
 RETRYABLE_METHODS = Retry.DEFAULT_ALLOWED_METHODS
@@ -70,31 +67,6 @@ class CappedRetry(Retry):
         return super().increment(method, url, response, error, _pool, _stacktrace)
 
 
-class _BoundedWaitHTTPPool(HTTPConnectionPool):
-    """A pool whose wait for a free connection is bounded by `pool_wait` seconds.
-
-    requests never passes `pool_timeout`, so with `pool_block` a thread would wait forever,
-    outside every timeout; here the wait ends in EmptyPoolError, reported as `pool_timeout`.
-    """
-
-    pool_wait: float = 10.0
-
-    def _get_conn(self, timeout: float | None = None) -> BaseHTTPConnection:
-        return super()._get_conn(self.pool_wait if timeout is None else timeout)
-
-
-class _BoundedWaitHTTPSPool(_BoundedWaitHTTPPool, HTTPSConnectionPool):
-    pass
-
-
-def _bounded_wait_pools(pool_wait: float) -> dict[str, type[HTTPConnectionPool]]:
-    # Pool managers construct pools from a class, so the wait travels as a class attribute.
-    return {
-        "http": type("BoundedWaitHTTPPool", (_BoundedWaitHTTPPool,), {"pool_wait": pool_wait}),
-        "https": type("BoundedWaitHTTPSPool", (_BoundedWaitHTTPSPool,), {"pool_wait": pool_wait}),
-    }
-
-
 class _NoCookies(DefaultCookiePolicy):
     """One server's Set-Cookie must never ride along to unrelated URLs of the same run."""
 
@@ -130,8 +102,9 @@ def build_headers(config: FetchConfig) -> CaseInsensitiveDict[str | bytes]:
 class Transport:
     """The shared session, its one adapter and everything each request reuses."""
 
-    def __init__(self, config: FetchConfig) -> None:
+    def __init__(self, config: FetchConfig, accounting: PoolAccounting | None = None) -> None:
         self.config = config
+        self.accounting = accounting or PoolAccounting()
         self.session = requests.Session()
         # Environment settings are resolved here once, not re-read per request.
         self.session.trust_env = False
@@ -143,7 +116,8 @@ class Transport:
             max_retries=self._retry(),
             pool_block=config.pool_block,
         )
-        self.adapter.poolmanager.pool_classes_by_scheme = _bounded_wait_pools(config.connect_timeout)
+        # The connect timeout also bounds the wait for a free pooled connection.
+        self.adapter.poolmanager.pool_classes_by_scheme = pool_classes(config.connect_timeout, self.accounting)
         for scheme in FETCHABLE_SCHEMES:
             self.session.mount(f"{scheme}://", self.adapter)
         self.headers = build_headers(config)

@@ -1,0 +1,128 @@
+"""urllib3 pool and connection classes that bound the wait for a connection and account for
+every connection honestly: opened, reused, time to connect, time queued, discarded.
+
+urllib3's own `num_connections`/`num_requests` counters are not public API and vanish with
+evicted pools, so the accounting is done here, by the classes the pools are built from.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from typing import TYPE_CHECKING, Any
+
+from urllib3 import HTTPConnectionPool, HTTPSConnectionPool
+from urllib3.connection import HTTPConnection, HTTPSConnection
+
+if TYPE_CHECKING:
+    from urllib3._base_connection import BaseHTTPConnection
+
+
+class PoolAccounting:
+    """Run-wide connection counters, written by worker threads, read by anyone."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.connections_opened = 0
+        self.connections_discarded = 0
+        self.requests_sent = 0
+
+    def opened(self) -> None:
+        with self._lock:
+            self.connections_opened += 1
+
+    def discarded(self) -> None:
+        with self._lock:
+            self.connections_discarded += 1
+
+    def sent(self) -> None:
+        with self._lock:
+            self.requests_sent += 1
+
+
+class _AccountedConnection(HTTPConnection):
+    """Times `connect()` (TCP plus TLS for https) and counts the requests sent on each socket."""
+
+    accounting: PoolAccounting
+    connect_ms = 0.0
+    pool_wait_ms = 0.0
+    requests_on_socket = 0
+
+    def connect(self) -> None:
+        start = time.perf_counter()
+        super().connect()
+        self.connect_ms = (time.perf_counter() - start) * 1000.0
+        self.requests_on_socket = 0
+        self.accounting.opened()
+
+    def request(self, *args: Any, **kwargs: Any) -> None:
+        # Counted after sending: for plain HTTP, connect() runs inside request() and resets the count.
+        super().request(*args, **kwargs)
+        self.requests_on_socket += 1
+        self.accounting.sent()
+
+    @property
+    def reused(self) -> bool:
+        return self.requests_on_socket > 1
+
+
+class _AccountedHTTPSConnection(_AccountedConnection, HTTPSConnection):
+    pass
+
+
+class _AccountedQueue(queue.LifoQueue[Any]):
+    """The pool's queue: a connection that does not fit back in is one urllib3 discards."""
+
+    accounting: PoolAccounting
+
+    def put(self, item: Any, block: bool = True, timeout: float | None = None) -> None:
+        try:
+            super().put(item, block, timeout)
+        except queue.Full:
+            self.accounting.discarded()
+            raise
+
+
+class _AccountedHTTPPool(HTTPConnectionPool):
+    """Bounds the wait for a free connection by `pool_wait` seconds and times it.
+
+    requests never passes `pool_timeout`, so with `pool_block` a thread would wait forever,
+    outside every timeout; here the wait ends in EmptyPoolError, reported as `pool_timeout`.
+    """
+
+    pool_wait: float
+
+    def _get_conn(self, timeout: float | None = None) -> BaseHTTPConnection:
+        start = time.perf_counter()
+        conn = super()._get_conn(self.pool_wait if timeout is None else timeout)
+        if isinstance(conn, _AccountedConnection):
+            conn.pool_wait_ms = (time.perf_counter() - start) * 1000.0
+        return conn
+
+
+class _AccountedHTTPSPool(_AccountedHTTPPool, HTTPSConnectionPool):
+    pass
+
+
+def pool_classes(pool_wait: float, accounting: PoolAccounting) -> dict[str, type[HTTPConnectionPool]]:
+    """Pool classes for a PoolManager's `pool_classes_by_scheme`, bound to one run's settings.
+
+    Pool managers build pools (and pools build connections and queues) from classes, so the
+    run's wait bound and accounting travel as class attributes of classes made for the run.
+    """
+    queue_class = type("AccountedQueue", (_AccountedQueue,), {"accounting": accounting})
+    http_conn = type("AccountedConnection", (_AccountedConnection,), {"accounting": accounting})
+    https_conn = type("AccountedHTTPSConnection", (_AccountedHTTPSConnection,), {"accounting": accounting})
+    shared = {"pool_wait": pool_wait, "QueueCls": queue_class}
+    return {
+        "http": type("AccountedHTTPPool", (_AccountedHTTPPool,), {**shared, "ConnectionCls": http_conn}),
+        "https": type("AccountedHTTPSPool", (_AccountedHTTPSPool,), {**shared, "ConnectionCls": https_conn}),
+    }
+
+
+def connection_facts(connection: object) -> tuple[bool, float, float] | None:
+    """(reused, connect ms, pool wait ms) of the connection a response arrived on, if known."""
+    if not isinstance(connection, _AccountedConnection):
+        return None
+    return connection.reused, (0.0 if connection.reused else connection.connect_ms), connection.pool_wait_ms
