@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from pooledfetch import __version__
@@ -41,6 +41,7 @@ class FetchConfig:
     max_retry_wait: float = DEFAULT_MAX_RETRY_WAIT
     connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
     read_timeout: float = DEFAULT_READ_TIMEOUT
+    max_time: float | None = None
     method: str = "GET"
     data: bytes | None = None
     headers: tuple[tuple[str, str], ...] = ()
@@ -53,7 +54,8 @@ class FetchConfig:
     base_url: str | None = None
     default_scheme: str = "https"
     dedupe: bool = False
-    proxies: tuple[tuple[str, str], ...] = field(default=())
+    netrc: bool = False
+    show_credentials: bool = False
 
     def __post_init__(self) -> None:
         if self.pool_maxsize < 1:
@@ -82,6 +84,8 @@ class FetchConfig:
         for name in ("connect_timeout", "read_timeout"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{_option(name)} must be more than 0 seconds")
+        if self.max_time is not None and not self.max_time > 0:
+            raise ConfigError("--max-time must be more than 0 seconds")
         for name in ("backoff_factor", "max_retry_wait"):
             if not getattr(self, name) >= 0:
                 raise ConfigError(f"{_option(name)} must be 0 or more")

@@ -19,14 +19,12 @@ import urllib3.exceptions as uex
 from pooledfetch import results as rc
 from pooledfetch.config import FetchConfig
 from pooledfetch.results import Result, classify
-from pooledfetch.pools import PoolAccounting, connection_facts
-from pooledfetch.session import BadRedirect, Transport
+from pooledfetch.pools import PoolAccounting, connection_facts, drain_bounded
+from pooledfetch.session import BadRedirect, DeadlineExceeded, Transport
 from pooledfetch.sources import Target, iter_targets
+from pooledfetch.text import mask_credentials
 
 BODY_CHUNK = 64 * 1024
-# A redirect's body is read only this far, so the connection can go back to its pool;
-# a longer one costs a new connection rather than an unbounded read.
-REDIRECT_DRAIN_LIMIT = 64 * 1024
 # After Ctrl-C: how long requests already on the wire may finish before they are abandoned.
 DEFAULT_GRACE_SECONDS = 3.0
 _POLL_SECONDS = 0.2
@@ -144,6 +142,7 @@ def fetch_one(transport: Transport, target: Target, abandon: threading.Event) ->
     config = transport.config
     started_at = _now_iso()
     start = time.perf_counter()
+    deadline = time.monotonic() + config.max_time if config.max_time else None
     assert target.url is not None
     response: requests.Response | None = None
     redirects = retries = 0
@@ -155,7 +154,7 @@ def fetch_one(transport: Transport, target: Target, abandon: threading.Event) ->
     try:
         prepared = transport.prepare(target.url)
         while True:
-            response = transport.send(prepared)
+            response = transport.send(prepared, deadline)
             retries += _retries_used(response)
             if facts := connection_facts(response.raw.connection):
                 reused = facts[0]
@@ -167,14 +166,16 @@ def fetch_one(transport: Transport, target: Target, abandon: threading.Event) ->
             if redirects >= config.max_redirects:
                 error, detail = rc.TOO_MANY_REDIRECTS, f"more than {config.max_redirects} redirects"
                 break
-            _release_redirect(response)
+            drain_bounded(response.raw)
             prepared = transport.redirect_request(prepared, response, location)
             redirects += 1
         ttfb_ms = _ms_since(start)
         if not error:
-            _read_body(response, config.max_bytes, abandon, body)
+            _read_body(response, config.max_bytes, abandon, body, deadline)
     except _BodyTooLarge:
         error, detail = rc.BODY_TOO_LARGE, f"body larger than --max-bytes {config.max_bytes}"
+    except DeadlineExceeded:
+        error, detail = rc.TIMEOUT, f"--max-time {config.max_time:g}s exceeded"
     except _Stopped:
         error, detail = rc.INTERRUPTED, "run interrupted while the body was being read"
     except BadRedirect as exc:
@@ -190,14 +191,14 @@ def fetch_one(transport: Transport, target: Target, abandon: threading.Event) ->
     status = response.status_code if response is not None else None
     return Result(
         index=target.index,
-        url=target.raw,
-        final_url=response.url if response is not None else target.url,
+        url=_shown(target.raw, config),
+        final_url=_shown(response.url if response is not None else target.url, config),
         method=config.method,
         status=status,
         reason=(response.reason or "") if response is not None else "",
         ok=not error and status is not None and status < 400,
         error=error,
-        error_detail=detail,
+        error_detail=_shown(detail, config),
         ttfb_ms=ttfb_ms,
         total_ms=_ms_since(start),
         bytes=body.received,
@@ -220,25 +221,27 @@ class _BodyProgress:
         self.received = 0
 
 
-def _read_body(response: requests.Response, max_bytes: int, abandon: threading.Event, body: _BodyProgress) -> None:
-    """Count the decoded body without keeping it; stop past `max_bytes` (decoded or on the wire)."""
+def _read_body(
+    response: requests.Response,
+    max_bytes: int,
+    abandon: threading.Event,
+    body: _BodyProgress,
+    deadline: float | None,
+) -> None:
+    """Count the decoded body without keeping it; stop past `max_bytes` (decoded or on the wire).
+
+    read1() makes at most one socket read per call, so a server dripping a byte a second
+    cannot hold a call for long: the deadline and the abandon flag are checked between reads.
+    """
     raw = response.raw
-    for chunk in raw.stream(BODY_CHUNK, decode_content=True):
+    while chunk := raw.read1(BODY_CHUNK, decode_content=True):
         body.received += len(chunk)
         if body.received > max_bytes or raw.tell() > max_bytes:
             raise _BodyTooLarge
         if abandon.is_set():
             raise _Stopped
-
-
-def _release_redirect(response: requests.Response) -> None:
-    raw = response.raw
-    try:
-        raw.read(REDIRECT_DRAIN_LIMIT, decode_content=False)
-    except (uex.HTTPError, OSError):
-        pass  # the redirect is followed regardless; close() below discards the connection
-    if not raw.closed:
-        response.close()
+        if deadline is not None and time.monotonic() > deadline:
+            raise DeadlineExceeded
 
 
 def _retries_used(response: requests.Response) -> int:
@@ -259,14 +262,14 @@ def _retries_exhausted(exc: BaseException) -> bool:
 def _error_result(target: Target, config: FetchConfig | None, error: str, detail: str) -> Result:
     return Result(
         index=target.index,
-        url=target.raw,
-        final_url=target.url or "",
+        url=_shown(target.raw, config),
+        final_url=_shown(target.url or "", config),
         method=config.method if config is not None else "",
         status=None,
         reason="",
         ok=False,
         error=error,
-        error_detail=detail,
+        error_detail=_shown(detail, config),
         ttfb_ms=None,
         total_ms=0.0,
         bytes=0,
@@ -278,6 +281,11 @@ def _error_result(target: Target, config: FetchConfig | None, error: str, detail
         connect_ms=None,
         pool_wait_ms=None,
     )
+
+
+def _shown(text: str, config: FetchConfig | None) -> str:
+    """What a row may carry of a URL or message: credentials masked unless --show-credentials."""
+    return text if config is not None and config.show_credentials else mask_credentials(text)
 
 
 def _now_iso() -> str:

@@ -12,11 +12,38 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any
 
-from urllib3 import HTTPConnectionPool, HTTPSConnectionPool
+from http.client import HTTPException
+
+from urllib3 import HTTPConnectionPool, HTTPResponse, HTTPSConnectionPool
 from urllib3.connection import HTTPConnection, HTTPSConnection
+from urllib3.exceptions import HTTPError
 
 if TYPE_CHECKING:
     from urllib3._base_connection import BaseHTTPConnection
+
+
+# A body that is not wanted (a redirect's, or a 503's before its retry) is read this far so
+# the connection can go back to its pool; a longer or endless one costs the connection instead.
+DRAIN_LIMIT = 64 * 1024
+
+
+def drain_bounded(response: HTTPResponse) -> None:
+    """Discard an unwanted body, reading at most DRAIN_LIMIT bytes of it."""
+    try:
+        response.read(DRAIN_LIMIT, decode_content=False)
+    except (HTTPError, HTTPException, OSError):
+        pass  # the connection is closed below either way
+    if not response.closed:
+        response.close()
+        # close() leaves the (now closed) connection checked out: give the pool its slot back.
+        response.release_conn()
+
+
+class _BoundedDrainResponse(HTTPResponse):
+    """urllib3 drains a retried response's body in full before retrying; here, only so far."""
+
+    def drain_conn(self) -> None:
+        drain_bounded(self)
 
 
 class PoolAccounting:
@@ -92,6 +119,7 @@ class _AccountedHTTPPool(HTTPConnectionPool):
     """
 
     pool_wait: float
+    ResponseCls = _BoundedDrainResponse
 
     def _get_conn(self, timeout: float | None = None) -> BaseHTTPConnection:
         start = time.perf_counter()

@@ -7,7 +7,11 @@ only safe while nothing writes to it.
 
 from __future__ import annotations
 
+import netrc
+import os
 import re
+import threading
+import time
 import urllib.request
 from http.cookiejar import CookiePolicy, DefaultCookiePolicy
 from typing import Any
@@ -22,6 +26,7 @@ from urllib3.response import BaseHTTPResponse
 from urllib3.util import SKIP_HEADER, SKIPPABLE_HEADERS, Retry, make_headers
 
 from pooledfetch.config import FETCHABLE_SCHEMES, FetchConfig
+from pooledfetch.errors import ConfigError
 from pooledfetch.pools import PoolAccounting, pool_classes
 from pooledfetch.sources import normalize_url
 
@@ -32,22 +37,30 @@ _BODY_HEADERS = ("Content-Length", "Content-Type", "Transfer-Encoding")
 _CREDENTIAL_HEADERS = ("Cookie", "Proxy-Authorization")
 
 
+class DeadlineExceeded(Exception):
+    """The URL's --max-time ran out."""
+
+
 class BadRedirect(Exception):
     """A Location the fetcher refuses to follow (another scheme, no host, unparsable)."""
 
 
 class CappedRetry(Retry):
-    """urllib3's Retry, except that it gives up rather than sleep longer than `max_wait`.
+    """urllib3's Retry, except that it gives up rather than wait past a limit.
 
-    A `Retry-After: 86400` would otherwise park a worker thread for a day; giving up returns
-    the 429/503 response itself as the row (`raise_on_status=False`).
+    The limit is `max_wait` (--max-retry-wait) and, when the worker thread has one, its URL's
+    deadline (--max-time): a `Retry-After: 86400` would otherwise park a worker for a day.
+    Giving up on a status returns that 429/503 response as the row (`raise_on_status=False`);
+    giving up after an error reports that error.
     """
 
     max_wait: float = 60.0
+    deadlines: threading.local | None = None
 
     def new(self, **kw: Any) -> CappedRetry:
         retry = super().new(**kw)
         retry.max_wait = self.max_wait
+        retry.deadlines = self.deadlines
         return retry
 
     def increment(
@@ -59,12 +72,19 @@ class CappedRetry(Retry):
         _pool: Any = None,
         _stacktrace: Any = None,
     ) -> CappedRetry:
-        if response is not None and self.respect_retry_after_header:
-            wait = self.get_retry_after(response)
-            if wait is not None and wait > self.max_wait:
-                reason = f"Retry-After of {wait:.0f}s exceeds --max-retry-wait {self.max_wait:g}s"
-                raise MaxRetryError(_pool, url, ResponseError(reason))
-        return super().increment(method, url, response, error, _pool, _stacktrace)
+        following = super().increment(method, url, response, error, _pool, _stacktrace)
+        retry_after = self.get_retry_after(response) if response is not None else None
+        wait = retry_after if retry_after is not None and self.respect_retry_after_header else None
+        if wait is None:
+            wait = following.get_backoff_time()
+        deadline: float | None = getattr(self.deadlines, "deadline", None)
+        if wait > self.max_wait:
+            reason = f"a retry wait of {wait:.0f}s exceeds --max-retry-wait {self.max_wait:g}s"
+        elif deadline is not None and time.monotonic() + wait >= deadline:
+            reason = "no time left for another try before --max-time"
+        else:
+            return following
+        raise MaxRetryError(_pool, url, error or ResponseError(reason))
 
 
 class _NoCookies(DefaultCookiePolicy):
@@ -99,12 +119,27 @@ def build_headers(config: FetchConfig) -> CaseInsensitiveDict[str | bytes]:
     return headers
 
 
+def _load_netrc() -> netrc.netrc | None:
+    """The file requests would use: $NETRC, else ~/.netrc or ~/_netrc; None when there is none."""
+    candidates = [os.environ["NETRC"]] if os.environ.get("NETRC") else ["~/.netrc", "~/_netrc"]
+    for candidate in candidates:
+        path = os.path.expanduser(candidate)
+        if os.path.exists(path):
+            try:
+                return netrc.netrc(path)
+            except (netrc.NetrcParseError, OSError) as exc:
+                raise ConfigError(f"cannot use --netrc file {path!r}: {exc}") from exc
+    return None
+
+
 class Transport:
     """The shared session, its one adapter and everything each request reuses."""
 
     def __init__(self, config: FetchConfig, accounting: PoolAccounting | None = None) -> None:
         self.config = config
         self.accounting = accounting or PoolAccounting()
+        # Each worker thread's current --max-time deadline, read by the shared CappedRetry.
+        self._deadlines = threading.local()
         self.session = requests.Session()
         # Environment settings are resolved here once, not re-read per request.
         self.session.trust_env = False
@@ -123,6 +158,8 @@ class Transport:
         self.headers = build_headers(config)
         # An explicit value, so a REQUESTS_CA_BUNDLE in the environment cannot override -k/--ca-bundle.
         self.verify: bool | str = config.ca_bundle if config.ca_bundle else config.verify
+        # Read once: requests would re-read ~/.netrc for every request (and by default at all).
+        self._netrc = _load_netrc() if config.netrc else None
         self.env_proxies = {
             scheme: url for scheme, url in urllib.request.getproxies().items() if scheme in ("http", "https", "all")
         }
@@ -139,6 +176,7 @@ class Transport:
             raise_on_redirect=False,
         )
         retry.max_wait = self.config.max_retry_wait
+        retry.deadlines = self._deadlines
         return retry
 
     def proxies_for(self, url: str) -> dict[str, str]:
@@ -155,14 +193,32 @@ class Transport:
         prepared.headers = self.headers.copy()
         prepared.prepare_body(self.config.data, None)
         prepared.prepare_auth(None, url)
+        self._apply_netrc(prepared)
         return prepared
 
-    def send(self, prepared: requests.PreparedRequest) -> requests.Response:
+    def _apply_netrc(self, prepared: requests.PreparedRequest) -> None:
+        """With --netrc, credentials for the request's host, unless it already carries some."""
+        if self._netrc is None or "Authorization" in prepared.headers or prepared.url is None:
+            return
+        entry = self._netrc.authenticators(urlsplit(prepared.url).hostname or "")
+        if entry is not None:
+            login, _, password = entry
+            prepared.prepare_auth((login, password or ""))
+
+    def send(self, prepared: requests.PreparedRequest, deadline: float | None = None) -> requests.Response:
+        """Send one hop; with a `deadline` (time.monotonic()), no timeout or retry wait runs past it."""
         assert prepared.url is not None
+        connect_timeout, read_timeout = self.config.timeout
+        if deadline is not None:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise DeadlineExceeded
+            connect_timeout, read_timeout = min(connect_timeout, remaining), min(read_timeout, remaining)
+        self._deadlines.deadline = deadline
         return self.adapter.send(
             prepared,
             stream=True,
-            timeout=self.config.timeout,
+            timeout=(connect_timeout, read_timeout),
             verify=self.verify,
             proxies=self.proxies_for(prepared.url),
         )
@@ -192,6 +248,7 @@ class Transport:
             for header in _CREDENTIAL_HEADERS:
                 following.headers.pop(header, None)
         self.session.rebuild_auth(following, response)
+        self._apply_netrc(following)
         self.session.rebuild_proxies(following, self.proxies_for(following.url))
         return following
 

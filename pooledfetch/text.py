@@ -11,3 +11,20 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 def printable(text: str) -> str:
     """Replace every control character with a visible `\\xNN` escape."""
     return _CONTROL.sub(lambda match: f"\\x{ord(match.group()):02x}", text)
+
+
+# scheme://userinfo@ anywhere in a text (a URL, or an error message quoting one).
+_USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.\-]*://)(?P<user>[^/@?#:\s]*)(?P<password>:[^/@?#\s]*)?@")
+
+
+def mask_credentials(text: str) -> str:
+    """`http://user:secret@host/` → `http://user:***@host/`; a lone user part (often a token) → `***@`."""
+    if "@" not in text:
+        return text
+    return _USERINFO.sub(_masked, text)
+
+
+def _masked(match: re.Match[str]) -> str:
+    if match.group("password") is None:
+        return f"{match.group('scheme')}***@"
+    return f"{match.group('scheme')}{match.group('user')}:***@"
