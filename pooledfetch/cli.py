@@ -23,6 +23,7 @@ from pooledfetch.errors import ExitCode, PooledFetchError
 
 if TYPE_CHECKING:
     from pooledfetch.config import FetchConfig
+    from pooledfetch.resume import ResumeState
     from pooledfetch.sink import Sink
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b?)\s*$", re.IGNORECASE)
@@ -178,6 +179,12 @@ def _graceful_interrupts(cancel: threading.Event) -> Iterator[None]:
     metavar="S",
     help="Set both --connect-timeout and --read-timeout.",
 )
+@click.option(
+    "--max-time",
+    type=click.FloatRange(min=0, min_open=True),
+    metavar="S",
+    help="Deadline per URL: connect, redirects, retries and their waits, and the body (like curl -m).",
+)
 @click.option("-X", "--method", help="HTTP method.  [default: GET, or POST with --data]")
 @click.option("-d", "--data", metavar="TEXT|@FILE", help="Request body, or @FILE to send a file's bytes.")
 @click.option(
@@ -211,6 +218,13 @@ def _graceful_interrupts(cancel: threading.Event) -> Iterator[None]:
     help="Scheme for lines that start with a host (example.com/a).",
 )
 @click.option("--dedupe", is_flag=True, help="Skip exact repeats of a line (their index is not reused).")
+@click.option("--netrc", "use_netrc", is_flag=True, help="Send credentials from ~/.netrc (or $NETRC) per host.")
+@click.option("--show-credentials", is_flag=True, help="Show user:password in URLs instead of user:***.")
+@click.option(
+    "--resume",
+    metavar="FILE.jsonl",
+    help="Skip the URLs a previous JSONL export already has rows for, and append new rows to it.",
+)
 @click.option("--fail-on-http-error", is_flag=True, help="Exit 1 when any URL answers 4xx or 5xx.")
 @click.option("--debug", is_flag=True, help="Show tracebacks for unexpected errors.")
 @click.version_option(__version__, "-V", "--version", prog_name="pooledfetch")
@@ -274,6 +288,7 @@ def _run(options: dict[str, Any]) -> ExitCode:
                 max_retry_wait=options["max_retry_wait"],
                 connect_timeout=options["connect_timeout"] or timeout or 10.0,
                 read_timeout=options["read_timeout"] or timeout or 30.0,
+                max_time=options["max_time"],
                 method=options["method"] or ("POST" if data is not None else "GET"),
                 data=data,
                 headers=tuple(_header(value) for value in options["headers"]),
@@ -286,12 +301,20 @@ def _run(options: dict[str, Any]) -> ExitCode:
                 base_url=base_url,
                 default_scheme=options["default_scheme"],
                 dedupe=options["dedupe"],
+                netrc=options["use_netrc"],
+                show_credentials=options["show_credentials"],
             )
         except ConfigError as exc:
             raise click.UsageError(str(exc)) from None
 
         stats = stack.enter_context(RunStats())
         sinks: list[Sink] = [stats]
+        resume_state = None
+        if options["resume"]:
+            from pooledfetch import resume
+
+            resume_state = resume.load(options["resume"])
+            sinks.append(stack.enter_context(open_exporter(options["resume"], "jsonl", append=True)))
         for path in options["outputs"]:
             sinks.append(stack.enter_context(open_exporter(path, format_for(path, options["export_format"]))))
         if not options["quiet"] and "-" not in options["outputs"]:
@@ -303,7 +326,7 @@ def _run(options: dict[str, Any]) -> ExitCode:
         interrupted = False
         try:
             with _graceful_interrupts(cancel):
-                _consume(inputs, options["demo"], config, cancel, sinks)
+                _consume(inputs, options["demo"], config, cancel, sinks, resume_state)
         except KeyboardInterrupt:
             interrupted = True
         interrupted = interrupted or cancel.is_set()
@@ -323,14 +346,22 @@ def _plain_lines() -> Any:
 
 
 def _consume(
-    inputs: tuple[str, ...], demo: bool, config: FetchConfig, cancel: threading.Event, sinks: list[Sink]
+    inputs: tuple[str, ...],
+    demo: bool,
+    config: FetchConfig,
+    cancel: threading.Event,
+    sinks: list[Sink],
+    resume_state: ResumeState | None,
 ) -> None:
     from pooledfetch.demo import sample_lines
     from pooledfetch.engine import run
     from pooledfetch.sources import iter_targets, read_lines
 
     lines = sample_lines() if demo and not inputs else read_lines(inputs)
-    results = run(iter_targets(lines, config), config, cancel=cancel)
+    targets = iter_targets(lines, config)
+    if resume_state is not None:
+        targets = resume_state.pending(targets, config.show_credentials)
+    results = run(targets, config, cancel=cancel)
     try:
         for result in results:
             for sink in sinks:

@@ -32,14 +32,18 @@ def format_for(path: str, explicit: str | None) -> str:
     return _EXTENSIONS[extension]
 
 
-def open_exporter(path: str, fmt: str) -> Sink:
-    """Open the export now, so an unwritable path is reported before any URL is fetched."""
+def open_exporter(path: str, fmt: str, append: bool = False) -> Sink:
+    """Open the export now, so an unwritable path is reported before any URL is fetched.
+
+    `append` (JSONL only, for --resume) adds rows to an existing file instead of replacing it.
+    """
     if path == STDOUT:
         stream: IO[str] = sys.stdout
         owned = False
     else:
         try:
-            stream = open(path, "w", encoding="utf-8", newline="", errors="backslashreplace")  # noqa: SIM115
+            mode = "a" if append and fmt == "jsonl" else "w"
+            stream = open(path, mode, encoding="utf-8", newline="", errors="backslashreplace")  # noqa: SIM115
         except OSError as exc:
             raise ExportError(f"cannot write export {path!r}: {exc.strerror}") from exc
         owned = True
