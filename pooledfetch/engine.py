@@ -15,11 +15,12 @@ from datetime import UTC, datetime
 
 import requests
 import urllib3.exceptions as uex
+from urllib3.response import BaseHTTPResponse
 
 from pooledfetch import results as rc
 from pooledfetch.config import FetchConfig
+from pooledfetch.pools import PoolAccounting, connection_facts, drain_bounded, release
 from pooledfetch.results import Result, classify
-from pooledfetch.pools import PoolAccounting, connection_facts, drain_bounded
 from pooledfetch.session import BadRedirect, DeadlineExceeded, Transport
 from pooledfetch.sources import Target, iter_targets
 from pooledfetch.text import mask_credentials
@@ -144,7 +145,8 @@ def fetch_one(transport: Transport, target: Target, abandon: threading.Event) ->
     start = time.perf_counter()
     deadline = time.monotonic() + config.max_time if config.max_time else None
     assert target.url is not None
-    response: requests.Response | None = None
+    raw: BaseHTTPResponse | None = None
+    final_url = target.url
     redirects = retries = 0
     ttfb_ms: float | None = None
     reused: bool | None = None
@@ -154,24 +156,26 @@ def fetch_one(transport: Transport, target: Target, abandon: threading.Event) ->
     try:
         prepared = transport.prepare(target.url)
         while True:
-            response = transport.send(prepared, deadline)
-            retries += _retries_used(response)
-            if facts := connection_facts(response.raw.connection):
+            final_url = prepared.url or final_url
+            raw = transport.send(prepared, deadline)
+            retries += _retries_used(raw)
+            if facts := connection_facts(raw.connection):
                 reused = facts[0]
                 connect_ms += facts[1]
                 pool_wait_ms += facts[2]
-            location = transport.session.get_redirect_target(response) if config.follow_redirects else None
-            if location is None:
+            redirect = transport.redirect_response(prepared, raw) if config.follow_redirects else None
+            if redirect is None:
                 break
             if redirects >= config.max_redirects:
                 error, detail = rc.TOO_MANY_REDIRECTS, f"more than {config.max_redirects} redirects"
                 break
-            drain_bounded(response.raw)
-            prepared = transport.redirect_request(prepared, response, location)
+            drain_bounded(raw)
+            location = transport.session.get_redirect_target(redirect) or ""
+            prepared = transport.redirect_request(prepared, redirect, location)
             redirects += 1
         ttfb_ms = _ms_since(start)
         if not error:
-            _read_body(response, config.max_bytes, abandon, body, deadline)
+            _read_body(raw, config.max_bytes, abandon, body, deadline)
     except _BodyTooLarge:
         error, detail = rc.BODY_TOO_LARGE, f"body larger than --max-bytes {config.max_bytes}"
     except DeadlineExceeded:
@@ -185,24 +189,24 @@ def fetch_one(transport: Transport, target: Target, abandon: threading.Event) ->
         if _retries_exhausted(exc):
             retries += config.retries
     finally:
-        if response is not None:
-            # Returns a fully read connection to its pool; closes one with unread body.
-            response.close()
-    status = response.status_code if response is not None else None
+        if raw is not None:
+            # A fully read response already gave its connection back; one with unread body closes it.
+            release(raw)
+    status = raw.status if raw is not None else None
     return Result(
         index=target.index,
         url=_shown(target.raw, config),
-        final_url=_shown(response.url if response is not None else target.url, config),
+        final_url=_shown(final_url, config),
         method=config.method,
         status=status,
-        reason=(response.reason or "") if response is not None else "",
+        reason=(raw.reason or "") if raw is not None else "",
         ok=not error and status is not None and status < 400,
         error=error,
         error_detail=_shown(detail, config),
         ttfb_ms=ttfb_ms,
         total_ms=_ms_since(start),
         bytes=body.received,
-        content_type=response.headers.get("Content-Type", "") if response is not None else "",
+        content_type=raw.headers.get("Content-Type", "") if raw is not None else "",
         redirects=redirects,
         retries=retries,
         started_at=started_at,
@@ -222,7 +226,7 @@ class _BodyProgress:
 
 
 def _read_body(
-    response: requests.Response,
+    raw: BaseHTTPResponse,
     max_bytes: int,
     abandon: threading.Event,
     body: _BodyProgress,
@@ -233,7 +237,6 @@ def _read_body(
     read1() makes at most one socket read per call, so a server dripping a byte a second
     cannot hold a call for long: the deadline and the abandon flag are checked between reads.
     """
-    raw = response.raw
     while chunk := raw.read1(BODY_CHUNK, decode_content=True):
         body.received += len(chunk)
         if body.received > max_bytes or raw.tell() > max_bytes:
@@ -244,9 +247,8 @@ def _read_body(
             raise DeadlineExceeded
 
 
-def _retries_used(response: requests.Response) -> int:
-    retry = getattr(response.raw, "retries", None)
-    return len(retry.history) if retry is not None else 0
+def _retries_used(raw: BaseHTTPResponse) -> int:
+    return len(raw.retries.history) if raw.retries is not None else 0
 
 
 def _retries_exhausted(exc: BaseException) -> bool:

@@ -10,13 +10,13 @@ from __future__ import annotations
 import queue
 import threading
 import time
-from typing import TYPE_CHECKING, Any
-
 from http.client import HTTPException
+from typing import TYPE_CHECKING, Any
 
 from urllib3 import HTTPConnectionPool, HTTPResponse, HTTPSConnectionPool
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.exceptions import HTTPError
+from urllib3.response import BaseHTTPResponse
 
 if TYPE_CHECKING:
     from urllib3._base_connection import BaseHTTPConnection
@@ -27,16 +27,21 @@ if TYPE_CHECKING:
 DRAIN_LIMIT = 64 * 1024
 
 
-def drain_bounded(response: HTTPResponse) -> None:
+def drain_bounded(response: BaseHTTPResponse) -> None:
     """Discard an unwanted body, reading at most DRAIN_LIMIT bytes of it."""
     try:
         response.read(DRAIN_LIMIT, decode_content=False)
     except (HTTPError, HTTPException, OSError):
         pass  # the connection is closed below either way
+    release(response)
+
+
+def release(response: BaseHTTPResponse) -> None:
+    """Give the response's connection back: as is when its body was read to the end, else closed."""
     if not response.closed:
         response.close()
-        # close() leaves the (now closed) connection checked out: give the pool its slot back.
-        response.release_conn()
+    # close() leaves the (now closed) connection checked out: give the pool its slot back.
+    response.release_conn()
 
 
 class _BoundedDrainResponse(HTTPResponse):

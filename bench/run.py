@@ -1,0 +1,166 @@
+"""Measure pooledfetch against its baselines on a local nginx, interleaved in one run.
+
+    python bench/run.py                 # all scenarios, 3 rounds, 50 workers
+    python bench/run.py --rounds 5 --scenario http-1host
+
+Each client runs in its own process; the figures are its wall time (URLs/s), CPU time
+(user+sys, from wait4), peak RSS, and the TCP connections nginx accepted during the run.
+Ratios compare pooledfetch with each baseline measured in the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import nginx  # noqa: E402
+
+CLIENTS_DIR = Path(__file__).resolve().parent / "clients"
+
+
+@dataclass(frozen=True)
+class Measurement:
+    client: str
+    urls: int
+    wall_s: float
+    cpu_s: float
+    rss_mb: float
+    connections: int
+
+    @property
+    def rate(self) -> float:
+        return self.urls / self.wall_s
+
+    @property
+    def cpu_ms_per_request(self) -> float:
+        return self.cpu_s * 1000 / self.urls
+
+
+def scenarios(server: nginx.Nginx, count: int) -> dict[str, list[str]]:
+    return {
+        "http-1host": [server.http_url("/small")] * count,
+        "https-1host": [server.https_url("/small")] * (count // 2),
+        "http-20hosts": [server.http_url("/small", host=1 + i % nginx.HOSTS) for i in range(count)],
+        "http-100KB": [server.http_url("/large")] * (count // 5),
+    }
+
+
+def client_commands(url_file: Path, workers: int, ca: str, work: Path) -> dict[str, list[str]]:
+    python = sys.executable
+    commands = {
+        "pooledfetch": [
+            python, "-m", "pooledfetch", str(url_file), "-q", "-o", str(work / "out.jsonl"),
+            "-w", str(workers), "--pool-maxsize", str(workers), "--ca-bundle", ca,
+        ],
+        "textbook": [python, str(CLIENTS_DIR / "textbook.py"), str(url_file), str(workers), ca],
+        "urllib3": [python, str(CLIENTS_DIR / "raw_urllib3.py"), str(url_file), str(workers), ca],
+    }  # fmt: skip
+    if importlib.util.find_spec("aiohttp") is not None:
+        commands["aiohttp"] = [python, str(CLIENTS_DIR / "aio.py"), str(url_file), str(workers), ca]
+    if shutil.which("curl"):
+        curl_config = work / "urls.curl"
+        with open(url_file) as source, open(curl_config, "w") as target:
+            for line in source:
+                target.write(f'url = "{line.strip()}"\noutput = "/dev/null"\n')
+        commands["curl"] = [
+            "curl", "--silent", "--parallel", "--parallel-max", str(workers), "--cacert", ca,
+            "--config", str(curl_config),
+        ]  # fmt: skip
+    return commands
+
+
+def measure(name: str, command: list[str], urls: int, server: nginx.Nginx) -> Measurement:
+    before = server.accepted_connections()
+    start = time.perf_counter()
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(process.pid, 0)
+    wall = time.perf_counter() - start
+    process.returncode = os.waitstatus_to_exitcode(status)
+    if process.returncode not in (0, 1):
+        assert process.stderr is not None
+        raise SystemExit(f"{name} failed ({process.returncode}): {process.stderr.read().decode()[-2000:]}")
+    return Measurement(
+        client=name,
+        urls=urls,
+        wall_s=wall,
+        cpu_s=usage.ru_utime + usage.ru_stime,
+        rss_mb=usage.ru_maxrss / 1024,
+        connections=server.accepted_connections() - before,
+    )
+
+
+def best(measurements: list[Measurement]) -> Measurement:
+    return max(measurements, key=lambda m: m.rate)
+
+
+def report(scenario: str, results: dict[str, list[Measurement]]) -> str:
+    chosen = {name: best(runs) for name, runs in results.items()}
+    ours = chosen["pooledfetch"]
+    lines = [
+        f"\n### {scenario} ({ours.urls} URLs, best of {len(results['pooledfetch'])})\n",
+        "| client | URLs/s | CPU ms/req | connections | peak RSS MB | pooledfetch ÷ this |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, m in chosen.items():
+        ratio = ours.rate / m.rate
+        lines.append(
+            f"| {name} | {m.rate:,.0f} | {m.cpu_ms_per_request:.3f} | {m.connections} | {m.rss_mb:.0f} | {ratio:.2f} |"
+        )
+    return "\n".join(lines)
+
+
+def startup_time(rounds: int) -> str:
+    times = []
+    for _ in range(rounds):
+        start = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "pooledfetch", "--version"], check=True, capture_output=True)
+        times.append(time.perf_counter() - start)
+    return f"\n`pooledfetch --version` start-up: best {min(times) * 1000:.0f} ms of {rounds}\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--urls", type=int, default=10_000)
+    parser.add_argument("--workers", type=int, default=50)
+    parser.add_argument("--scenario", action="append", help="run only these (repeatable)")
+    parser.add_argument("--client", action="append", help="run only these clients (pooledfetch always runs)")
+    args = parser.parse_args()
+
+    server = nginx.start()
+    work = Path(tempfile.mkdtemp(prefix="pooledfetch-bench-work-"))
+    try:
+        print(f"# pooledfetch bench — {time.strftime('%Y-%m-%d')}, {platform.node()}, {os.cpu_count()} CPUs, "
+              f"Python {platform.python_version()}, {args.workers} workers")  # fmt: skip
+        print(startup_time(5))
+        for scenario, urls in scenarios(server, args.urls).items():
+            if args.scenario and scenario not in args.scenario:
+                continue
+            url_file = work / f"{scenario}.txt"
+            url_file.write_text("\n".join(urls) + "\n")
+            commands = client_commands(url_file, args.workers, server.ca_path, work)
+            if args.client:
+                commands = {k: v for k, v in commands.items() if k == "pooledfetch" or k in args.client}
+            results: dict[str, list[Measurement]] = {name: [] for name in commands}
+            for _ in range(args.rounds):
+                for name, command in commands.items():  # interleaved: drift hits every client alike
+                    results[name].append(measure(name, command, len(urls), server))
+            print(report(scenario, results), flush=True)
+    finally:
+        server.stop()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
