@@ -11,8 +11,9 @@ import re
 import signal
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
 from types import FrameType
 from typing import TYPE_CHECKING, Any, NoReturn
 
@@ -23,8 +24,13 @@ from pooledfetch.errors import ExitCode, PooledFetchError
 
 if TYPE_CHECKING:
     from pooledfetch.config import FetchConfig
+    from pooledfetch.engine import RunProgress
+    from pooledfetch.live import LiveView, NullView
+    from pooledfetch.plain import PlainLines
     from pooledfetch.resume import ResumeState
     from pooledfetch.sink import Sink
+    from pooledfetch.sources import OverlongLine
+    from pooledfetch.stats import RunStats
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b?)\s*$", re.IGNORECASE)
 _SIZE_POWERS = {"": 0, "k": 1, "m": 2, "g": 3, "t": 4}
@@ -226,6 +232,8 @@ def _graceful_interrupts(cancel: threading.Event) -> Iterator[None]:
     help="Skip the URLs a previous JSONL export already has rows for, and append new rows to it.",
 )
 @click.option("--fail-on-http-error", is_flag=True, help="Exit 1 when any URL answers 4xx or 5xx.")
+@click.option("--no-live", is_flag=True, help="No live table on a terminal (it is off anyway for pipes and -q).")
+@click.option("--summary-json", metavar="PATH", help="Write the run summary as JSON (also with -q).")
 @click.option("--debug", is_flag=True, help="Show tracebacks for unexpected errors.")
 @click.version_option(__version__, "-V", "--version", prog_name="pooledfetch")
 def cli(**options: Any) -> None:
@@ -249,8 +257,9 @@ def cli(**options: Any) -> None:
 
 def _run(options: dict[str, Any]) -> ExitCode:
     from pooledfetch.config import FetchConfig
+    from pooledfetch.engine import RunProgress
     from pooledfetch.errors import ConfigError
-    from pooledfetch.export import format_for, open_exporter
+    from pooledfetch.export import open_exporter
     from pooledfetch.stats import RunStats
 
     inputs: tuple[str, ...] = options["inputs"]
@@ -307,26 +316,21 @@ def _run(options: dict[str, Any]) -> ExitCode:
         except ConfigError as exc:
             raise click.UsageError(str(exc)) from None
 
+        progress = RunProgress()
         stats = stack.enter_context(RunStats())
-        sinks: list[Sink] = [stats]
+        view = _open_outputs(stack, options, config, stats, progress)
         resume_state = None
         if options["resume"]:
             from pooledfetch import resume
 
             resume_state = resume.load(options["resume"])
-            sinks.append(stack.enter_context(open_exporter(options["resume"], "jsonl", append=True)))
-        for path in options["outputs"]:
-            sinks.append(stack.enter_context(open_exporter(path, format_for(path, options["export_format"]))))
-        if not options["quiet"] and "-" not in options["outputs"]:
-            sinks.append(stack.enter_context(_plain_lines()))
-        if not options["quiet"]:
-            stack.callback(lambda: click.echo(stats.summary_line(), err=True))
+            view.sinks.append(stack.enter_context(open_exporter(options["resume"], "jsonl", append=True)))
 
         cancel = threading.Event()
         interrupted = False
         try:
             with _graceful_interrupts(cancel):
-                _consume(inputs, options["demo"], config, cancel, sinks, resume_state)
+                _consume(inputs, options["demo"], config, cancel, view, progress, resume_state)
         except KeyboardInterrupt:
             interrupted = True
         interrupted = interrupted or cancel.is_set()
@@ -338,7 +342,60 @@ def _run(options: dict[str, Any]) -> ExitCode:
     return ExitCode.OK
 
 
-def _plain_lines() -> Any:
+@dataclass
+class _Outputs:
+    """Where results go: every sink in order, and the view that wants a progress total."""
+
+    sinks: list[Sink]
+    view: LiveView | NullView
+    live: bool
+
+
+def _open_outputs(
+    stack: ExitStack, options: dict[str, Any], config: FetchConfig, stats: RunStats, progress: RunProgress
+) -> _Outputs:
+    """Decide once what goes where: results on stdout, the live view and summary on stderr."""
+    from rich.console import Console
+
+    from pooledfetch.export import format_for, open_exporter
+    from pooledfetch.live import LiveView, NullView
+    from pooledfetch.summary import print_summary, summary_data, write_summary_json
+
+    stderr_terminal = sys.stderr.isatty() and os.environ.get("TERM") != "dumb"
+    live = stderr_terminal and not options["quiet"] and not options["no_live"]
+    console = Console(stderr=True)
+
+    def summarise() -> None:
+        stats.close()
+        if options["summary_json"]:
+            write_summary_json(options["summary_json"], summary_data(stats, progress.accounting, config))
+        if options["quiet"]:
+            return
+        if stderr_terminal:
+            print_summary(console, stats, progress.accounting, config)
+        else:
+            click.echo(stats.summary_line(), err=True)
+
+    # Registered before the view is opened, so it runs after the view has cleared itself.
+    stack.callback(summarise)
+    view: LiveView | NullView = stack.enter_context(LiveView(console, stats, progress, config)) if live else NullView()
+    sinks: list[Sink] = [stats, view]
+    for path in options["outputs"]:
+        sinks.append(stack.enter_context(open_exporter(path, format_for(path, options["export_format"]))))
+    table_replaces_lines = live and _same_terminal(sys.stdout, sys.stderr)
+    if not options["quiet"] and "-" not in options["outputs"] and not table_replaces_lines:
+        sinks.append(stack.enter_context(_plain_lines()))
+    return _Outputs(sinks, view, live)
+
+
+def _same_terminal(first: Any, second: Any) -> bool:
+    try:
+        return bool(first.isatty()) and os.path.samestat(os.fstat(first.fileno()), os.fstat(second.fileno()))
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def _plain_lines() -> PlainLines:
     from pooledfetch.plain import PlainLines
 
     colour = sys.stdout.isatty() and "NO_COLOR" not in os.environ and os.environ.get("TERM") != "dumb"
@@ -350,22 +407,38 @@ def _consume(
     demo: bool,
     config: FetchConfig,
     cancel: threading.Event,
-    sinks: list[Sink],
+    outputs: _Outputs,
+    progress: RunProgress,
     resume_state: ResumeState | None,
 ) -> None:
     from pooledfetch.demo import sample_lines
     from pooledfetch.engine import run
-    from pooledfetch.sources import iter_targets, read_lines
+    from pooledfetch.sources import LineCounter, iter_targets, read_lines
 
-    lines = sample_lines() if demo and not inputs else read_lines(inputs)
+    if demo and not inputs:
+        lines: Iterable[str | bytes | OverlongLine] = sample_lines()
+        count: int | None = sum(1 for line in sample_lines() if line.strip() and not line.startswith("#"))
+        counter = None
+    else:
+        lines = read_lines(inputs)
+        count = None
+        # A total for the progress bar; with --dedupe the count would include the repeats.
+        counter = LineCounter(inputs) if outputs.live and not config.dedupe else None
     targets = iter_targets(lines, config)
+    already = 0
     if resume_state is not None:
         targets = resume_state.pending(targets, config.show_credentials)
-    results = run(targets, config, cancel=cancel)
+        already = resume_state.finished
+    if count is not None:
+        outputs.view.set_total(count)
+    results = run(targets, config, cancel=cancel, progress=progress)
     try:
         for result in results:
-            for sink in sinks:
+            for sink in outputs.sinks:
                 sink.write(result)
+            if counter is not None and counter.total is not None:
+                outputs.view.set_total(max(counter.total - already, 0))
+                counter = None
     finally:
         results.close()
 

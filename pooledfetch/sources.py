@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import re
 import sys
+import threading
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from urllib.parse import urljoin, urlsplit
@@ -170,3 +171,35 @@ def _starts_with_host(text: str) -> bool:
     if port and not port.isdigit():
         return False
     return "." in host or host.lower() == "localhost"
+
+
+class LineCounter:
+    """Counts the URL lines of input files in a background pass, for a progress total.
+
+    stdin cannot be read twice, so an input list with `-` has no total.
+    """
+
+    def __init__(self, paths: Sequence[str]) -> None:
+        self._total: int | None = None
+        if STDIN not in paths:
+            threading.Thread(target=self._count, args=(paths,), name="pooledfetch-count", daemon=True).start()
+
+    @property
+    def total(self) -> int | None:
+        """The count once the pass is done, None until then (or for stdin)."""
+        return self._total
+
+    def _count(self, paths: Sequence[str]) -> None:
+        count = 0
+        try:
+            for path in paths:
+                with open(path, "rb") as stream:
+                    for line in _bounded_lines(stream):
+                        if isinstance(line, OverlongLine):
+                            count += 1
+                            continue
+                        stripped = line.removeprefix(_UTF8_BOM_BYTES).strip(b" \t\r\n\x0b\x0c")
+                        count += bool(stripped) and not stripped.startswith(b"#")
+        except OSError:
+            return  # the real read reports it
+        self._total = count

@@ -1,0 +1,221 @@
+"""The end-of-run summary for a terminal: totals, latency, statuses, top hosts and the connection-pool
+report; and the same figures as plain data for --summary-json.
+
+The one-line `RunStats.summary_line()` stays the summary for pipes and logs.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from rich.console import Console, Group, RenderableType
+from rich.padding import Padding
+from rich.table import Table
+from rich.text import Text
+
+from pooledfetch.config import FetchConfig
+from pooledfetch.errors import ExportError
+from pooledfetch.pools import PoolAccounting
+from pooledfetch.stats import PERCENTILES, LatencyHistogram, RunStats, human_bytes
+from pooledfetch.text import printable
+
+TOP_HOSTS = 10
+# By status class; errors without a status are red too. Shared with the live view.
+STATUS_STYLES = {2: "green", 3: "cyan", 4: "yellow", 5: "red"}
+
+
+def summary_data(stats: RunStats, accounting: PoolAccounting, config: FetchConfig) -> dict[str, Any]:
+    """`stats.to_dict()` plus the connection-pool report (its per-host figures are in `top_hosts`)."""
+    return {
+        **stats.to_dict(),
+        "pool": {
+            "connections_opened": accounting.connections_opened,
+            "requests_sent": accounting.requests_sent,
+            "reuse_ratio": round(reuse_ratio(accounting), 4),
+            "connections_discarded": accounting.connections_discarded,
+            "advice": pool_advice(accounting, config),
+        },
+    }
+
+
+def reuse_ratio(accounting: PoolAccounting) -> float:
+    """The share of requests that went out on a connection opened for an earlier one."""
+    if not accounting.requests_sent:
+        return 0.0
+    # A connection can open and then fail before its request is sent, so opened may exceed sent.
+    return max(0.0, 1.0 - accounting.connections_opened / accounting.requests_sent)
+
+
+def pool_advice(accounting: PoolAccounting, config: FetchConfig) -> str | None:
+    """One line on how to stop discarding connections, or None when none was discarded."""
+    if not accounting.connections_discarded:
+        return None
+    if config.pool_maxsize < config.workers:
+        advice = f"raise --pool-maxsize to at least --workers ({config.workers})"
+    else:
+        advice = f"raise --pool-maxsize (now {config.pool_maxsize})"
+    return advice if config.pool_block else f"{advice}, or use --pool-block"
+
+
+def write_summary_json(path: str, data: dict[str, Any]) -> None:
+    try:
+        with open(path, "w", encoding="utf-8") as stream:
+            json.dump(data, stream, indent=2)
+            stream.write("\n")
+    except OSError as exc:
+        raise ExportError(f"cannot write the summary to {path!r}: {exc.strerror or exc}") from None
+
+
+def print_summary(console: Console, stats: RunStats, accounting: PoolAccounting, config: FetchConfig) -> None:
+    console.print(render_summary(stats, accounting, config))
+
+
+def render_summary(stats: RunStats, accounting: PoolAccounting, config: FetchConfig) -> RenderableType:
+    return Group(
+        _section("Totals", _totals(stats)),
+        _section("Latency (ms)", _latency(stats)),
+        _section("Status codes", _statuses(stats)),
+        _section(f"Top {TOP_HOSTS} hosts", _hosts(stats)),
+        _section("Connection pool", _pool(stats, accounting, config)),
+    )
+
+
+def _section(title: str, body: RenderableType) -> RenderableType:
+    return Group(Text(title, style="bold"), Padding(body, (0, 0, 1, 2), expand=False))
+
+
+def _pairs(rows: list[tuple[str, Text]]) -> Table:
+    """Label and value, one pair a line."""
+    table = Table.grid(padding=(0, 2))
+    table.add_column(style="dim", no_wrap=True)
+    table.add_column(overflow="fold")
+    for label, value in rows:
+        table.add_row(label, value)
+    return table
+
+
+def _totals(stats: RunStats) -> Table:
+    return _pairs(
+        [
+            ("URLs", Text(f"{stats.total:,}")),
+            ("ok", Text(f"{stats.ok:,}", style="green" if stats.ok else "")),
+            ("by status", _status_classes(stats)),
+            ("HTTP errors", Text(f"{stats.http_errors:,}", style="yellow" if stats.http_errors else "")),
+            ("failed", _failed(stats)),
+            ("duration", Text(f"{stats.duration:,.2f} s")),
+            ("rate", Text(f"{stats.rate:,.1f} URLs/s")),
+            ("received", Text(human_bytes(stats.bytes_received))),
+        ]
+    )
+
+
+def _failed(stats: RunStats) -> Text:
+    text = Text(f"{stats.failed:,}", style="red" if stats.failed else "")
+    if stats.errors:
+        text.append("  (")
+        text.append_text(_joined([(printable(name), count, "") for name, count in stats.errors.most_common()]))
+        text.append(")")
+    return text
+
+
+def _joined(items: list[tuple[str, int, str]]) -> Text:
+    """`name count · name count`, each name in its style; a dash when there is none."""
+    if not items:
+        return Text("-", style="dim")
+    text = Text()
+    for position, (name, count, style) in enumerate(items):
+        if position:
+            text.append(" · ", style="dim")
+        text.append(name, style=style)
+        text.append(f" {count:,}")
+    return text
+
+
+def _latency(stats: RunStats) -> Table:
+    table = _figures_table()
+    table.add_column("")
+    for header in [*(f"p{p}" for p in PERCENTILES), "max"]:
+        table.add_column(header, justify="right", no_wrap=True)
+    for label, histogram in (("time to headers", stats.ttfb), ("total time", stats.total_time)):
+        table.add_row(label, *_latency_cells(histogram))
+    return table
+
+
+def _figures_table() -> Table:
+    """A table whose first column is the one that gives way on a narrow console.
+
+    rich narrows wrappable columns first; the figures are no_wrap, so they are never cut.
+    """
+    return Table(box=None, padding=(0, 1), pad_edge=False, collapse_padding=True, header_style="dim")
+
+
+def _latency_cells(histogram: LatencyHistogram) -> list[str]:
+    if not histogram.count:
+        return ["-"] * (len(PERCENTILES) + 1)
+    return [_ms(histogram.percentile(p)) for p in PERCENTILES] + [_ms(histogram.max)]
+
+
+def _status_classes(stats: RunStats) -> Text:
+    return _joined([(name, count, _class_style(name)) for name, count in stats.status_classes().items()])
+
+
+def _statuses(stats: RunStats) -> Text:
+    statuses = sorted(stats.statuses.items())
+    return _joined([(str(status), count, STATUS_STYLES.get(status // 100, "")) for status, count in statuses])
+
+
+def _hosts(stats: RunStats) -> RenderableType:
+    top = stats.top_hosts(TOP_HOSTS)
+    if not top:
+        return Text("-", style="dim")
+    table = _figures_table()
+    table.add_column("host", overflow="ellipsis")
+    for header in ("requests", "errors", "new conn", "reused"):
+        table.add_column(header, justify="right", no_wrap=True)
+    for name, host in top:
+        table.add_row(
+            Text(printable(name)),
+            f"{host.requests:,}",
+            Text(f"{host.error_rate:.1%}", style="red" if host.failures else ""),
+            f"{host.new_connections:,}",
+            f"{host.reused_connections:,}",
+        )
+    return table
+
+
+def _pool(stats: RunStats, accounting: PoolAccounting, config: FetchConfig) -> Table:
+    opened, sent = accounting.connections_opened, accounting.requests_sent
+    rows = [
+        ("connections", Text(f"{opened:,} opened (TCP, and TLS for https) for {sent:,} requests sent")),
+        ("reuse", Text(f"{reuse_ratio(accounting):.1%} of requests went out on an already open connection")),
+        ("discarded", _discarded(accounting, config)),
+        ("retries", Text(f"{stats.retries:,}", style="yellow" if stats.retries else "")),
+        ("pool wait", _pool_wait(stats.pool_wait)),
+    ]
+    return _pairs(rows)
+
+
+def _discarded(accounting: PoolAccounting, config: FetchConfig) -> Text:
+    advice = pool_advice(accounting, config)
+    if advice is None:
+        return Text("0")
+    return Text.assemble(
+        (f"{accounting.connections_discarded:,} because a pool was full", "yellow"), ": ", (advice, "bold")
+    )
+
+
+def _pool_wait(histogram: LatencyHistogram) -> Text:
+    if not histogram.count:
+        return Text("-", style="dim")
+    total = f"{histogram.total / 1000.0:,.2f} s" if histogram.total >= 1000 else f"{_ms(histogram.total)} ms"
+    return Text(f"{total} in total · p95 {_ms(histogram.percentile(95))} ms")
+
+
+def _class_style(status_class: str) -> str:
+    """The style of "4xx" is the style of 404."""
+    return STATUS_STYLES.get(int(status_class.removesuffix("xx")), "")
+
+
+def _ms(value: float) -> str:
+    return f"{value:,.0f}" if value >= 10 else f"{value:.1f}"
