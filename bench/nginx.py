@@ -116,9 +116,7 @@ def start() -> Nginx:
     ca_path = _write_certificate(prefix)
     http_port, https_port, status_port = _free_port(), _free_port(), _free_port()
     listen_http = "\n        ".join(f"listen 127.0.0.{host}:{http_port};" for host in range(1, HOSTS + 1))
-    config = CONFIG.format(
-        prefix=prefix, listen_http=listen_http, https_port=https_port, status_port=status_port
-    )
+    config = CONFIG.format(prefix=prefix, listen_http=listen_http, https_port=https_port, status_port=status_port)
     (prefix / "nginx.conf").write_text(config)
     process = subprocess.Popen(
         [find_nginx(), "-p", str(prefix), "-c", str(prefix / "nginx.conf"), "-g", "daemon off;"],
