@@ -9,9 +9,10 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Generator, Iterable, Iterator
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from queue import Empty, SimpleQueue
 
 import requests
 import urllib3.exceptions as uex
@@ -79,7 +80,7 @@ def run(
     abandon = threading.Event()
     transport = Transport(config, progress.accounting)
     executor = ThreadPoolExecutor(config.workers, thread_name_prefix="pooledfetch")
-    pending: dict[Future[Result], Target] = {}
+    flight = _InFlight(progress)
     try:
         for target in targets:
             if cancel.is_set():
@@ -87,48 +88,76 @@ def run(
             elif target.url is None:
                 yield _error_result(target, config, rc.INVALID_URL, target.invalid_reason or "invalid URL")
             else:
-                pending[executor.submit(fetch_one, transport, target, abandon)] = target
-                progress.in_flight = len(pending)
-                while len(pending) >= config.max_in_flight and not cancel.is_set():
-                    yield from _collect(pending, _POLL_SECONDS, progress)
-        while pending and not cancel.is_set():
-            yield from _collect(pending, _POLL_SECONDS, progress)
-        if pending:
-            yield from _wind_down(pending, config, abandon, grace_seconds, progress)
+                flight.add(executor.submit(fetch_one, transport, target, abandon), target)
+                while len(flight.pending) >= config.max_in_flight and not cancel.is_set():
+                    yield from flight.collect(_POLL_SECONDS)
+        while flight.pending and not cancel.is_set():
+            yield from flight.collect(_POLL_SECONDS)
+        if flight.pending:
+            yield from _wind_down(flight, config, abandon, grace_seconds)
     finally:
         abandon.set()
         executor.shutdown(wait=False, cancel_futures=True)
         transport.close()
 
 
-def _collect(pending: dict[Future[Result], Target], timeout: float, progress: RunProgress) -> Iterator[Result]:
-    done, _ = wait(pending, timeout=timeout, return_when=FIRST_COMPLETED)
-    for future in done:
-        target = pending.pop(future)
-        progress.in_flight = len(pending)
-        yield _outcome(future, target)
+class _InFlight:
+    """Submitted targets not yet consumed, and a queue of the futures that have finished.
+
+    A done-callback queue costs O(1) per result; `concurrent.futures.wait` would install and
+    remove a waiter on every pending future for every result.
+    """
+
+    def __init__(self, progress: RunProgress) -> None:
+        self.pending: dict[Future[Result], Target] = {}
+        self._done: SimpleQueue[Future[Result]] = SimpleQueue()
+        self._progress = progress
+
+    def add(self, future: Future[Result], target: Target) -> None:
+        self.pending[future] = target
+        self._progress.in_flight = len(self.pending)
+        future.add_done_callback(self._done.put)
+
+    def collect(self, timeout: float) -> Iterator[Result]:
+        """The results that have finished, waiting up to `timeout` for the first of them."""
+        try:
+            future = self._done.get(timeout=timeout)
+        except Empty:
+            return
+        while True:
+            # A future cancelled in _wind_down was already given its row there.
+            target = self.pending.pop(future, None)
+            if target is not None:
+                self._progress.in_flight = len(self.pending)
+                yield _outcome(future, target)
+            try:
+                future = self._done.get_nowait()
+            except Empty:
+                return
+
+    def abandon_rest(self) -> list[Target]:
+        targets = list(self.pending.values())
+        self.pending.clear()
+        self._progress.in_flight = 0
+        return targets
 
 
 def _wind_down(
-    pending: dict[Future[Result], Target],
-    config: FetchConfig,
-    abandon: threading.Event,
-    grace_seconds: float,
-    progress: RunProgress,
+    flight: _InFlight, config: FetchConfig, abandon: threading.Event, grace_seconds: float
 ) -> Iterator[Result]:
     """Cancel what has not started; give what is on the wire `grace_seconds`, then abandon it."""
-    for future in [f for f in pending if f.cancel()]:
-        yield _error_result(pending.pop(future), config, rc.CANCELLED, "run interrupted before this URL was sent")
+    for future in [f for f in flight.pending if f.cancel()]:
+        target = flight.pending.pop(future)
+        yield _error_result(target, config, rc.CANCELLED, "run interrupted before this URL was sent")
     deadline = time.monotonic() + grace_seconds
-    while pending and time.monotonic() < deadline:
-        yield from _collect(pending, min(_POLL_SECONDS, max(0.0, deadline - time.monotonic())), progress)
+    while flight.pending and time.monotonic() < deadline:
+        yield from flight.collect(min(_POLL_SECONDS, max(0.0, deadline - time.monotonic())))
     abandon.set()
     # Body loops notice `abandon` between reads; a thread blocked in a read is left behind.
-    yield from _collect(pending, _POLL_SECONDS, progress)
-    for target in pending.values():
+    if flight.pending:
+        yield from flight.collect(_POLL_SECONDS)
+    for target in flight.abandon_rest():
         yield _error_result(target, config, rc.INTERRUPTED, "run interrupted while this URL was in flight")
-    pending.clear()
-    progress.in_flight = 0
 
 
 def _outcome(future: Future[Result], target: Target) -> Result:
