@@ -205,6 +205,9 @@ def fetch_one(transport: Transport, target: Target, abandon: threading.Event) ->
         ttfb_ms = _ms_since(start)
         if not error:
             _read_body(raw, config.max_bytes, abandon, body, deadline)
+        if deadline is not None and time.monotonic() >= deadline:
+            # A head or body cut short by the watchdog can look complete to http.client.
+            raise DeadlineExceeded
     except _BodyTooLarge:
         error, detail = rc.BODY_TOO_LARGE, f"body larger than --max-bytes {config.max_bytes}"
     except DeadlineExceeded:
@@ -217,7 +220,11 @@ def fetch_one(transport: Transport, target: Target, abandon: threading.Event) ->
         error, detail = classify(exc)
         if _retries_exhausted(exc):
             retries += config.retries
+        if deadline is not None and time.monotonic() >= deadline:
+            # The watchdog cut the connection, or the last retry ran into the deadline.
+            error, detail = rc.TIMEOUT, f"--max-time {config.max_time:g}s exceeded ({detail})"
     finally:
+        transport.deadlines.disarm()
         if raw is not None:
             # A fully read response already gave its connection back; one with unread body closes it.
             release(raw)

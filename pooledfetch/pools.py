@@ -8,6 +8,7 @@ evicted pools, so the accounting is done here, by the classes the pools are buil
 from __future__ import annotations
 
 import queue
+import socket
 import threading
 import time
 from http.client import HTTPException
@@ -51,6 +52,65 @@ class _BoundedDrainResponse(HTTPResponse):
         drain_bounded(self)
 
 
+class Deadlines:
+    """Each worker thread's current --max-time deadline, and a watchdog that holds it to it.
+
+    Timeouts bound each socket operation, not a whole response: a server that sends one
+    header byte a second never trips them. While a request with a deadline is on a
+    connection, the watchdog shuts that connection's socket down once the deadline passes,
+    which ends whatever read is blocked on it.
+    """
+
+    _TICK_SECONDS = 0.05
+
+    def __init__(self) -> None:
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._armed: dict[int, tuple[float, HTTPConnection]] = {}
+        self._stopped = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def current(self) -> float | None:
+        """This thread's deadline (time.monotonic()), if its URL has one."""
+        deadline: float | None = getattr(self._local, "deadline", None)
+        return deadline
+
+    def set(self, deadline: float | None) -> None:
+        self._local.deadline = deadline
+
+    def arm(self, connection: HTTPConnection) -> None:
+        """Watch `connection` until `disarm`, if this thread has a deadline."""
+        deadline = self.current()
+        if deadline is None:
+            return
+        with self._lock:
+            self._armed[threading.get_ident()] = (deadline, connection)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._watch, name="pooledfetch-deadlines", daemon=True)
+                self._thread.start()
+
+    def disarm(self) -> None:
+        self._local.deadline = None
+        with self._lock:
+            self._armed.pop(threading.get_ident(), None)
+
+    def stop(self) -> None:
+        self._stopped.set()
+
+    def _watch(self) -> None:
+        while not self._stopped.wait(self._TICK_SECONDS):
+            now = time.monotonic()
+            with self._lock:
+                expired = [connection for deadline, connection in self._armed.values() if deadline <= now]
+            for connection in expired:
+                sock = connection.sock
+                if sock is not None:
+                    try:
+                        sock.shutdown(socket.SHUT_RDWR)
+                    except OSError:
+                        pass  # already closed
+
+
 class PoolAccounting:
     """Run-wide connection counters, written by worker threads, read by anyone."""
 
@@ -77,6 +137,7 @@ class _AccountedConnection(HTTPConnection):
     """Times `connect()` (TCP plus TLS for https) and counts the requests sent on each socket."""
 
     accounting: PoolAccounting
+    deadlines: Deadlines
     connect_ms = 0.0
     pool_wait_ms = 0.0
     requests_on_socket = 0
@@ -89,6 +150,7 @@ class _AccountedConnection(HTTPConnection):
         self.accounting.opened()
 
     def request(self, *args: Any, **kwargs: Any) -> None:
+        self.deadlines.arm(self)
         # Counted after sending: for plain HTTP, connect() runs inside request() and resets the count.
         super().request(*args, **kwargs)
         self.requests_on_socket += 1
@@ -138,15 +200,18 @@ class _AccountedHTTPSPool(_AccountedHTTPPool, HTTPSConnectionPool):
     pass
 
 
-def pool_classes(pool_wait: float, accounting: PoolAccounting) -> dict[str, type[HTTPConnectionPool]]:
+def pool_classes(
+    pool_wait: float, accounting: PoolAccounting, deadlines: Deadlines
+) -> dict[str, type[HTTPConnectionPool]]:
     """Pool classes for a PoolManager's `pool_classes_by_scheme`, bound to one run's settings.
 
     Pool managers build pools (and pools build connections and queues) from classes, so the
     run's wait bound and accounting travel as class attributes of classes made for the run.
     """
     queue_class = type("AccountedQueue", (_AccountedQueue,), {"accounting": accounting})
-    http_conn = type("AccountedConnection", (_AccountedConnection,), {"accounting": accounting})
-    https_conn = type("AccountedHTTPSConnection", (_AccountedHTTPSConnection,), {"accounting": accounting})
+    run = {"accounting": accounting, "deadlines": deadlines}
+    http_conn = type("AccountedConnection", (_AccountedConnection,), run)
+    https_conn = type("AccountedHTTPSConnection", (_AccountedHTTPSConnection,), run)
     shared = {"pool_wait": pool_wait, "QueueCls": queue_class}
     return {
         "http": type("AccountedHTTPPool", (_AccountedHTTPPool,), {**shared, "ConnectionCls": http_conn}),

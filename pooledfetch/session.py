@@ -10,7 +10,6 @@ from __future__ import annotations
 import netrc
 import os
 import re
-import threading
 import time
 import urllib.request
 from http.cookiejar import CookiePolicy, DefaultCookiePolicy
@@ -28,7 +27,7 @@ from urllib3.util import SKIP_HEADER, SKIPPABLE_HEADERS, Retry, Timeout, make_he
 
 from pooledfetch.config import FETCHABLE_SCHEMES, FetchConfig
 from pooledfetch.errors import ConfigError
-from pooledfetch.pools import PoolAccounting, pool_classes
+from pooledfetch.pools import Deadlines, PoolAccounting, pool_classes
 from pooledfetch.sources import normalize_url
 
 # Idempotent methods only: retrying a POST could repeat its side effects.
@@ -56,7 +55,7 @@ class CappedRetry(Retry):
     """
 
     max_wait: float = 60.0
-    deadlines: threading.local | None = None
+    deadlines: Deadlines | None = None
 
     def new(self, **kw: Any) -> CappedRetry:
         retry = super().new(**kw)
@@ -78,7 +77,7 @@ class CappedRetry(Retry):
         wait = retry_after if retry_after is not None and self.respect_retry_after_header else None
         if wait is None:
             wait = following.get_backoff_time()
-        deadline: float | None = getattr(self.deadlines, "deadline", None)
+        deadline = self.deadlines.current() if self.deadlines is not None else None
         if wait > self.max_wait:
             reason = f"a retry wait of {wait:.0f}s exceeds --max-retry-wait {self.max_wait:g}s"
         elif deadline is not None and time.monotonic() + wait >= deadline:
@@ -139,8 +138,8 @@ class Transport:
     def __init__(self, config: FetchConfig, accounting: PoolAccounting | None = None) -> None:
         self.config = config
         self.accounting = accounting or PoolAccounting()
-        # Each worker thread's current --max-time deadline, read by the shared CappedRetry.
-        self._deadlines = threading.local()
+        # Each worker thread's --max-time deadline, read by the shared CappedRetry and the connections.
+        self.deadlines = Deadlines()
         self.session = requests.Session()
         # Environment settings are resolved here once, not re-read per request.
         self.session.trust_env = False
@@ -153,7 +152,9 @@ class Transport:
             pool_block=config.pool_block,
         )
         # The connect timeout also bounds the wait for a free pooled connection.
-        self.adapter.poolmanager.pool_classes_by_scheme = pool_classes(config.connect_timeout, self.accounting)
+        self.adapter.poolmanager.pool_classes_by_scheme = pool_classes(
+            config.connect_timeout, self.accounting, self.deadlines
+        )
         for scheme in FETCHABLE_SCHEMES:
             self.session.mount(f"{scheme}://", self.adapter)
         self.headers = build_headers(config)
@@ -183,7 +184,7 @@ class Transport:
             raise_on_redirect=False,
         )
         retry.max_wait = self.config.max_retry_wait
-        retry.deadlines = self._deadlines
+        retry.deadlines = self.deadlines
         return retry
 
     def proxies_for(self, url: str) -> dict[str, str]:
@@ -237,7 +238,7 @@ class Transport:
                 raise DeadlineExceeded
             connect, read = self.config.timeout
             timeout = Timeout(connect=min(connect, remaining), read=min(read, remaining))
-        self._deadlines.deadline = deadline
+        self.deadlines.set(deadline)
         proxies = self.proxies_for(prepared.url)
         if proxies:
             pool = self.adapter.get_connection_with_tls_context(prepared, self.verify, proxies=proxies)
@@ -301,4 +302,5 @@ class Transport:
         return following
 
     def close(self) -> None:
+        self.deadlines.stop()
         self.session.close()
