@@ -365,7 +365,9 @@ def _open_outputs(
     live = stderr_terminal and not options["quiet"] and not options["no_live"]
     console = Console(stderr=True)
 
-    def summarise() -> None:
+    def summarise(exc_type: type[BaseException] | None, *_: object) -> None:
+        if exc_type is not None and issubclass(exc_type, PooledFetchError):
+            return  # the error is the one line to show
         stats.close()
         if options["summary_json"]:
             write_summary_json(options["summary_json"], summary_data(stats, progress.accounting, config))
@@ -377,7 +379,7 @@ def _open_outputs(
             click.echo(stats.summary_line(), err=True)
 
     # Registered before the view is opened, so it runs after the view has cleared itself.
-    stack.callback(summarise)
+    stack.push(summarise)
     view: LiveView | NullView = stack.enter_context(LiveView(console, stats, progress, config)) if live else NullView()
     sinks: list[Sink] = [stats, view]
     for path in options["outputs"]:
@@ -448,10 +450,11 @@ def main() -> None:
     try:
         cli.main(prog_name="pooledfetch")
     except SystemExit as exit_:
-        if exit_.code == ExitCode.INTERRUPTED:
-            # Abandoned worker threads may sit in a socket read until their timeout; the
-            # exports are closed and the summary printed, so do not wait for them.
+        if any(thread.name.startswith("pooledfetch") and thread.is_alive() for thread in threading.enumerate()):
+            # Worker threads abandoned by an interrupt or an error may sit in a socket read
+            # until their timeout; the exports are closed and the summary printed, so do not
+            # let the interpreter wait for them at exit.
             sys.stdout.flush()
             sys.stderr.flush()
-            os._exit(ExitCode.INTERRUPTED)
+            os._exit(exit_.code if isinstance(exit_.code, int) else ExitCode.SOME_FAILED)
         raise

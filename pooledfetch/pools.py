@@ -23,15 +23,32 @@ if TYPE_CHECKING:
     from urllib3._base_connection import BaseHTTPConnection
 
 
-# A body that is not wanted (a redirect's, or a 503's before its retry) is read this far so
-# the connection can go back to its pool; a longer or endless one costs the connection instead.
+# A body that is not wanted (a redirect's, or a 503's before its retry) is read this far, and
+# for this long, so the connection can go back to its pool; a longer, endless or dripping one
+# costs the connection instead.
 DRAIN_LIMIT = 64 * 1024
+DRAIN_SECONDS = 0.5
 
 
 def drain_bounded(response: BaseHTTPResponse) -> None:
-    """Discard an unwanted body, reading at most DRAIN_LIMIT bytes of it."""
+    """Discard an unwanted body, reading at most DRAIN_LIMIT bytes for at most DRAIN_SECONDS."""
+    give_up = time.monotonic() + DRAIN_SECONDS
+    drained = 0
+    sock = getattr(response.connection, "sock", None)
+    usual_timeout = sock.gettimeout() if sock is not None else None
     try:
-        response.read(DRAIN_LIMIT, decode_content=False)
+        while drained < DRAIN_LIMIT and not response.closed and sock is not None:
+            remaining = give_up - time.monotonic()
+            if remaining <= 0:
+                break
+            # Each read waits at most what is left of the drain budget, however slow the server.
+            sock.settimeout(remaining)
+            chunk = response.read1(DRAIN_LIMIT - drained, decode_content=False)
+            if not chunk:
+                break
+            drained += len(chunk)
+        if sock is not None and response.closed:
+            sock.settimeout(usual_timeout)  # the connection goes back to the pool for reuse
     except (HTTPError, HTTPException, OSError):
         pass  # the connection is closed below either way
     release(response)
@@ -156,6 +173,13 @@ class _AccountedConnection(HTTPConnection):
         self.requests_on_socket += 1
         self.accounting.sent()
 
+    def getresponse(self) -> HTTPResponse:  # type: ignore[override]
+        response = super().getresponse()
+        # urllib3 builds a plain HTTPResponse here (the pool's ResponseCls is not used for it);
+        # the subclass differs only in how it drains, so switching the class is safe.
+        response.__class__ = _BoundedDrainResponse
+        return response
+
     @property
     def reused(self) -> bool:
         return self.requests_on_socket > 1
@@ -186,7 +210,6 @@ class _AccountedHTTPPool(HTTPConnectionPool):
     """
 
     pool_wait: float
-    ResponseCls = _BoundedDrainResponse
 
     def _get_conn(self, timeout: float | None = None) -> BaseHTTPConnection:
         start = time.perf_counter()

@@ -28,7 +28,7 @@ OTHER = "other"
 
 _DETAIL_LIMIT = 300
 # urllib3 prefixes messages with object reprs such as "<urllib3.connection.HTTPConnection object at 0x7f..>: ".
-_OBJECT_REPR = re.compile(r"<[\w.]+ object at 0x[0-9a-f]+>:?\s*")
+_OBJECT_REPR = re.compile(r"<[^<>]* at 0x[0-9a-f]+>:?\s*")
 # ...and with the pool that raised: "HTTPConnectionPool(host='h', port=80): ". The row has the URL already.
 _POOL_PREFIX = re.compile(r"^\w+\(host=[^)]*\):\s*")
 
@@ -85,6 +85,8 @@ def classify(exc: BaseException) -> tuple[str, str]:
         return PROXY, detail
     if isinstance(root, uex.SSLError) or isinstance(exc, rex.SSLError):
         return SSL, detail
+    if isinstance(root, uex.ProtocolError) and isinstance(root.args[-1], TimeoutError):
+        return TIMEOUT, detail  # e.g. sending a body to a server that never reads it
     # NewConnectionError subclasses ConnectTimeoutError in urllib3 2, so it comes first.
     if isinstance(root, uex.NewConnectionError | ConnectionRefusedError):
         return CONNECT, detail
@@ -125,6 +127,9 @@ def _short_detail(exc: BaseException) -> str:
     if isinstance(exc, uex.ProtocolError) and len(exc.args) == 2:
         # ("Connection broken", IncompleteRead(...)) reads better without the tuple syntax.
         text = f"{exc.args[0]} {exc.args[1]!r}"
+    elif len(exc.args) > 1 and isinstance(exc.args[-1], str):
+        # urllib3's (connection, message) pairs: the message is the part worth reading.
+        text = exc.args[-1]
     else:
         text = str(exc)
     text = _POOL_PREFIX.sub("", _OBJECT_REPR.sub("", text)).strip() or type(exc).__name__

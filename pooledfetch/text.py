@@ -13,18 +13,21 @@ def printable(text: str) -> str:
     return _CONTROL.sub(lambda match: f"\\x{ord(match.group()):02x}", text)
 
 
-# scheme://userinfo@ anywhere in a text (a URL, or an error message quoting one).
-_USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.\-]*://)(?P<user>[^/@?#:\s]*)(?P<password>:[^/@?#\s]*)?@")
+# scheme://authority anywhere in a text (a URL, or an error message quoting one).
+_AUTHORITY = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.\-]*://)(?P<authority>[^/?#\s]*)")
 
 
 def mask_credentials(text: str) -> str:
     """`http://user:secret@host/` → `http://user:***@host/`; a lone user part (often a token) → `***@`."""
     if "@" not in text:
         return text
-    return _USERINFO.sub(_masked, text)
+    return _AUTHORITY.sub(_masked, text)
 
 
 def _masked(match: re.Match[str]) -> str:
-    if match.group("password") is None:
-        return f"{match.group('scheme')}***@"
-    return f"{match.group('scheme')}{match.group('user')}:***@"
+    # The host follows the last "@": a password may hold "@" itself.
+    userinfo, at, host = match.group("authority").rpartition("@")
+    if not at:
+        return match.group(0)
+    user, colon, _ = userinfo.partition(":")
+    return f"{match.group('scheme')}{user + ':' if colon else ''}***@{host}"
