@@ -6,10 +6,11 @@ process can run it on a chunk of targets and hand the results back.
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 from collections.abc import Generator, Iterable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from queue import Empty, SimpleQueue
@@ -79,8 +80,10 @@ def run(
     progress = progress or RunProgress()
     abandon = threading.Event()
     transport = Transport(config, progress.accounting)
-    executor = ThreadPoolExecutor(config.workers, thread_name_prefix="pooledfetch")
     flight = _InFlight(progress)
+    executor = ThreadPoolExecutor(config.workers, thread_name_prefix="pooledfetch")
+    for _ in range(config.workers):
+        executor.submit(_work, transport, flight.inbox, flight.outbox, abandon)
     try:
         for target in targets:
             if cancel.is_set():
@@ -88,7 +91,7 @@ def run(
             elif target.url is None:
                 yield _error_result(target, config, rc.INVALID_URL, target.invalid_reason or "invalid URL")
             else:
-                flight.add(executor.submit(fetch_one, transport, target, abandon), target)
+                flight.submit(target)
                 while len(flight.pending) >= config.max_in_flight and not cancel.is_set():
                     yield from flight.collect(_POLL_SECONDS)
         while flight.pending and not cancel.is_set():
@@ -97,43 +100,80 @@ def run(
             yield from _wind_down(flight, config, abandon, grace_seconds)
     finally:
         abandon.set()
+        for _ in range(config.workers):
+            flight.inbox.put(None)
         executor.shutdown(wait=False, cancel_futures=True)
         transport.close()
 
 
-class _InFlight:
-    """Submitted targets not yet consumed, and a queue of the futures that have finished.
+_Job = tuple[int, Target]
 
-    A done-callback queue costs O(1) per result; `concurrent.futures.wait` would install and
-    remove a waiter on every pending future for every result.
+
+def _work(
+    transport: Transport,
+    inbox: SimpleQueue[_Job | None],
+    outbox: SimpleQueue[tuple[int, Result]],
+    abandon: threading.Event,
+) -> None:
+    """One worker thread's loop: fetch targets from the inbox until told to stop."""
+    while (job := inbox.get()) is not None:
+        token, target = job
+        try:
+            result = fetch_one(transport, target, abandon)
+        except BaseException as exc:  # noqa: BLE001 - a bug in one fetch must not lose the row
+            result = _error_result(target, transport.config, rc.OTHER, f"{type(exc).__name__}: {exc}")
+        outbox.put((token, result))
+
+
+class _InFlight:
+    """Targets handed to the workers and not yet consumed.
+
+    Long-lived worker loops fed by queues cost far less per URL than a Future per URL
+    (a Condition, a lock and a waiter list each): the consuming thread shares the GIL
+    with every worker, so its per-URL cost is the pipeline's ceiling.
     """
 
     def __init__(self, progress: RunProgress) -> None:
-        self.pending: dict[Future[Result], Target] = {}
-        self._done: SimpleQueue[Future[Result]] = SimpleQueue()
+        self.pending: dict[int, Target] = {}
+        self.inbox: SimpleQueue[_Job | None] = SimpleQueue()
+        self.outbox: SimpleQueue[tuple[int, Result]] = SimpleQueue()
+        self._tokens = itertools.count()
         self._progress = progress
 
-    def add(self, future: Future[Result], target: Target) -> None:
-        self.pending[future] = target
+    def submit(self, target: Target) -> None:
+        token = next(self._tokens)
+        self.pending[token] = target
         self._progress.in_flight = len(self.pending)
-        future.add_done_callback(self._done.put)
+        self.inbox.put((token, target))
 
     def collect(self, timeout: float) -> Iterator[Result]:
         """The results that have finished, waiting up to `timeout` for the first of them."""
         try:
-            future = self._done.get(timeout=timeout)
+            token, result = self.outbox.get(timeout=timeout)
         except Empty:
             return
         while True:
-            # A future cancelled in _wind_down was already given its row there.
-            target = self.pending.pop(future, None)
-            if target is not None:
+            # A result for a target already given a row (abandoned after the grace period) is dropped.
+            if self.pending.pop(token, None) is not None:
                 self._progress.in_flight = len(self.pending)
-                yield _outcome(future, target)
+                yield result
             try:
-                future = self._done.get_nowait()
+                token, result = self.outbox.get_nowait()
             except Empty:
                 return
+
+    def unstarted(self) -> list[Target]:
+        """Take back the targets no worker has picked up yet."""
+        taken = []
+        while True:
+            try:
+                job = self.inbox.get_nowait()
+            except Empty:
+                break
+            if job is not None and self.pending.pop(job[0], None) is not None:
+                taken.append(job[1])
+        self._progress.in_flight = len(self.pending)
+        return taken
 
     def abandon_rest(self) -> list[Target]:
         targets = list(self.pending.values())
@@ -146,8 +186,7 @@ def _wind_down(
     flight: _InFlight, config: FetchConfig, abandon: threading.Event, grace_seconds: float
 ) -> Iterator[Result]:
     """Cancel what has not started; give what is on the wire `grace_seconds`, then abandon it."""
-    for future in [f for f in flight.pending if f.cancel()]:
-        target = flight.pending.pop(future)
+    for target in flight.unstarted():
         yield _error_result(target, config, rc.CANCELLED, "run interrupted before this URL was sent")
     deadline = time.monotonic() + grace_seconds
     while flight.pending and time.monotonic() < deadline:
@@ -158,13 +197,6 @@ def _wind_down(
         yield from flight.collect(_POLL_SECONDS)
     for target in flight.abandon_rest():
         yield _error_result(target, config, rc.INTERRUPTED, "run interrupted while this URL was in flight")
-
-
-def _outcome(future: Future[Result], target: Target) -> Result:
-    try:
-        return future.result()
-    except BaseException as exc:  # noqa: BLE001 - a bug in one fetch must not lose the row
-        return _error_result(target, None, rc.OTHER, f"{type(exc).__name__}: {exc}")
 
 
 def fetch_one(transport: Transport, target: Target, abandon: threading.Event) -> Result:

@@ -42,12 +42,13 @@ def test_file_input_prints_one_tab_separated_line_per_url(demo_server: DemoServe
     code, out, err = run(path)
 
     assert code == ExitCode.OK
-    lines = sorted(line.split("\t") for line in out.splitlines())
+    lines = sorted((line.split("\t") for line in out.splitlines()), key=lambda fields: fields[3])
     assert [(fields[0], fields[2], fields[3]) for fields in lines] == [
         ("200", "10", f"{base}/bytes/10"),
         ("200", lines[1][2], f"{base}/get"),
         ("404", "4", f"{base}/status/404"),
     ]
+    assert all(fields[1].isdigit() for fields in lines)  # total ms
     assert "3 URLs: 2 ok, 1 HTTP errors, 0 failed" in err
 
 
