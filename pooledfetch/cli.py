@@ -429,7 +429,7 @@ def _consume(
     targets = iter_targets(lines, config)
     already = 0
     if resume_state is not None:
-        targets = resume_state.pending(targets, config.show_credentials)
+        targets = resume_state.pending(targets)
         already = resume_state.finished
     if count is not None:
         outputs.view.set_total(count)

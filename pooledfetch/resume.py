@@ -42,17 +42,17 @@ class ResumeState:
     def is_finished(self, index: int, url: str) -> bool:
         return index < len(self._fingerprints) and self._fingerprints[index] == _fingerprint(url)
 
-    def pending(self, targets: Iterable[Target], show_credentials: bool) -> Iterator[Target]:
-        """The targets that still need a row, matched by index and by the URL as rows show it."""
+    def pending(self, targets: Iterable[Target]) -> Iterator[Target]:
+        """The targets that still need a row, matched by index and by URL."""
         for target in targets:
-            shown = target.raw if show_credentials else mask_credentials(target.raw)
-            if not self.is_finished(target.index, shown):
+            if not self.is_finished(target.index, target.raw):
                 yield target
 
 
 def _fingerprint(url: str) -> int:
+    # Rows show URLs masked or not (--show-credentials): compare the masked form either way.
     # 0 marks "no row for this index", so fingerprints live in 1..2**32-1.
-    return zlib.crc32(url.encode("utf-8", "surrogatepass")) % 0xFFFFFFFF + 1
+    return zlib.crc32(mask_credentials(url).encode("utf-8", "surrogatepass")) % 0xFFFFFFFF + 1
 
 
 def load(path: str) -> ResumeState:

@@ -217,7 +217,7 @@ class Transport:
         if self._netrc is None or "Authorization" in prepared.headers or prepared.url is None:
             return
         entry = self._netrc.authenticators(urlsplit(prepared.url).hostname or "")
-        if entry is not None:
+        if entry is not None and any(entry):
             login, _, password = entry
             prepared.headers = prepared.headers.copy()
             prepared.prepare_auth((login, password or ""))

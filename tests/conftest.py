@@ -5,7 +5,8 @@
   (and for hypothesis tests, which cannot use function-scoped fixtures).
 - `tls_ca`, `ca_pem`, `https_server`: a trustme CA, its PEM on disk, and a DemoServer speaking TLS
   with a certificate for 127.0.0.1 / localhost signed by that CA.
-- `hostile_server`: a factory for raw TCP servers that misbehave (never answer, stall, truncate, talk garbage).
+- `hostile_server`: a factory for raw TCP servers that misbehave (never answer, stall, truncate, talk garbage,
+  drip, bomb, reset...); the server itself lives in tests/hostile.py.
 - `fake_dns`: a resolver in front of `socket.getaddrinfo`: `*.invalid` fails, `*.test` is 127.0.0.1,
   everything else goes to the real resolver.
 - `closed_port` (alias `free_port`): a loopback port with nothing listening on it.
@@ -17,25 +18,19 @@ An autouse fixture removes proxy variables from the environment, so no request l
 
 from __future__ import annotations
 
-import contextlib
-import select
 import socket
 import ssl
 import threading
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
 import trustme
+from hostile import BEHAVIOURS, LOOPBACK, MAX_THREAD_SECONDS, Behaviour, HostileServer
 from pytest_httpserver import HTTPServer
 
 from pooledfetch.demo import DemoServer
-
-LOOPBACK = "127.0.0.1"
-# Upper bound for anything a test server thread does: none may outlive this.
-MAX_THREAD_SECONDS = 10.0
 
 _PROXY_VARIABLES = ("http_proxy", "https_proxy", "all_proxy", "no_proxy")
 
@@ -146,115 +141,18 @@ def second_httpserver() -> Iterator[HTTPServer]:
 
 
 # --- hostile servers --------------------------------------------------------------------------------------
-
-Behaviour = Callable[[socket.socket, threading.Event], None]
-
-
-def _read_request_head(conn: socket.socket, stop: threading.Event) -> bytes:
-    """Read until the end of the request head (or the stop event / the time bound)."""
-    data = b""
-    conn.settimeout(0.1)
-    while b"\r\n\r\n" not in data and not stop.is_set() and len(data) < 65536:
-        try:
-            chunk = conn.recv(4096)
-        except TimeoutError:
-            continue
-        except OSError:
-            break
-        if not chunk:
-            break
-        data += chunk
-    return data
-
-
-def silent(conn: socket.socket, stop: threading.Event) -> None:
-    """Accept, read the request, never answer (until the test ends or the time bound)."""
-    _read_request_head(conn, stop)
-    stop.wait(MAX_THREAD_SECONDS)
-
-
-def stall_after_headers(conn: socket.socket, stop: threading.Event) -> None:
-    """Send a 200 head promising 100 bytes, 10 of them, then nothing."""
-    _read_request_head(conn, stop)
-    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 100\r\n\r\n0123456789")
-    stop.wait(MAX_THREAD_SECONDS)
-
-
-def truncated_body(conn: socket.socket, stop: threading.Event) -> None:
-    """Promise 100 bytes, send 10, close the connection."""
-    _read_request_head(conn, stop)
-    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 100\r\n\r\n0123456789")
-
-
-def garbage(conn: socket.socket, stop: threading.Event) -> None:
-    """Answer with something that is not HTTP, then close."""
-    _read_request_head(conn, stop)
-    conn.sendall(b"SSH-2.0-OpenSSH_9.9 this is not http\r\n\r\n")
-
-
-BEHAVIOURS: dict[str, Behaviour] = {
-    "silent": silent,
-    "stall_after_headers": stall_after_headers,
-    "truncated_body": truncated_body,
-    "garbage": garbage,
-}
-
-
-@dataclass
-class HostileServer:
-    """A raw TCP server on loopback running `behaviour` on each accepted connection in its own thread."""
-
-    behaviour: Behaviour
-    stop_event: threading.Event = field(default_factory=threading.Event)
-    accepted: int = 0
-
-    def __post_init__(self) -> None:
-        self._listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self._listener.bind((LOOPBACK, 0))
-        self._listener.listen(64)
-        self.port: int = self._listener.getsockname()[1]
-        self._threads: list[threading.Thread] = []
-        self._accept_thread = threading.Thread(target=self._accept_loop, name="hostile-accept", daemon=True)
-        self._accept_thread.start()
-
-    @property
-    def base_url(self) -> str:
-        return f"http://{LOOPBACK}:{self.port}"
-
-    def _accept_loop(self) -> None:
-        while not self.stop_event.is_set():
-            ready, _, _ = select.select([self._listener], [], [], 0.05)
-            if not ready:
-                continue
-            try:
-                conn, _ = self._listener.accept()
-            except OSError:
-                return
-            self.accepted += 1
-            thread = threading.Thread(target=self._serve, args=(conn,), name="hostile-conn", daemon=True)
-            self._threads.append(thread)
-            thread.start()
-
-    def _serve(self, conn: socket.socket) -> None:
-        with conn, contextlib.suppress(OSError):
-            self.behaviour(conn, self.stop_event)
-
-    def stop(self) -> None:
-        self.stop_event.set()
-        self._accept_thread.join(MAX_THREAD_SECONDS)
-        for thread in self._threads:
-            thread.join(MAX_THREAD_SECONDS)
-        self._listener.close()
+# The server itself is ordinary code in tests/hostile.py, so subprocess tests and scripts can use it too.
 
 
 @pytest.fixture
-def hostile_server() -> Iterator[Callable[[str | Behaviour], HostileServer]]:
+def hostile_server() -> Iterator[Callable[..., HostileServer]]:
     """Factory: `hostile_server("silent")` (a name from BEHAVIOURS, or any callable taking the
-    accepted socket and a stop event) → a started HostileServer, stopped when the test ends.
-    `.base_url`, `.accepted` (connections so far)."""
+    accepted socket and a stop event) → a started HostileServer, stopped when the test ends;
+    `hostile_server()` → one that routes on the path (hostile.ROUTES: `/drip`, `/gzip-bomb`, ...).
+    `.base_url`, `.accepted` (connections so far), `.requests` (routing mode)."""
     servers: list[HostileServer] = []
 
-    def start(behaviour: str | Behaviour) -> HostileServer:
+    def start(behaviour: str | Behaviour | None = None) -> HostileServer:
         server = HostileServer(BEHAVIOURS[behaviour] if isinstance(behaviour, str) else behaviour)
         servers.append(server)
         return server
