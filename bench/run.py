@@ -14,10 +14,12 @@ import argparse
 import importlib.util
 import os
 import platform
+import pty
 import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -80,16 +82,36 @@ def client_commands(url_file: Path, workers: int, ca: str, work: Path) -> dict[s
     return commands
 
 
+def live_commands(url_file: Path, workers: int, ca: str) -> dict[str, list[str]]:
+    """pooledfetch with its stderr on a terminal, with and without the live view (plain lines on)."""
+    base = [
+        sys.executable, "-m", "pooledfetch", str(url_file), "-w", str(workers), "--pool-maxsize", str(workers),
+        "--ca-bundle", ca,
+    ]  # fmt: skip
+    return {"pooledfetch-live": base, "pooledfetch-nolive": [*base, "--no-live"]}
+
+
 def measure(name: str, command: list[str], urls: int, server: nginx.Nginx) -> Measurement:
     before = server.accepted_connections()
+    terminal = name.endswith("live")
+    leader, follower = pty.openpty() if terminal else (-1, -1)
     start = time.perf_counter()
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    process = subprocess.Popen(
+        command,
+        stdout=subprocess.DEVNULL,
+        stderr=follower if terminal else subprocess.PIPE,
+        env={**os.environ, "COLUMNS": "120", "LINES": "40"},
+    )
+    if terminal:
+        os.close(follower)
+        # Keep reading the terminal so the client never blocks on a full pty buffer.
+        threading.Thread(target=_discard, args=(leader,), daemon=True).start()
     _, status, usage = os.wait4(process.pid, 0)
     wall = time.perf_counter() - start
     process.returncode = os.waitstatus_to_exitcode(status)
     if process.returncode not in (0, 1):
-        assert process.stderr is not None
-        raise SystemExit(f"{name} failed ({process.returncode}): {process.stderr.read().decode()[-2000:]}")
+        detail = process.stderr.read().decode()[-2000:] if process.stderr is not None else ""
+        raise SystemExit(f"{name} failed ({process.returncode}): {detail}")
     return Measurement(
         client=name,
         urls=urls,
@@ -98,6 +120,16 @@ def measure(name: str, command: list[str], urls: int, server: nginx.Nginx) -> Me
         rss_mb=usage.ru_maxrss / 1024,
         connections=server.accepted_connections() - before,
     )
+
+
+def _discard(fd: int) -> None:
+    try:
+        while os.read(fd, 65536):
+            pass
+    except OSError:
+        pass  # the terminal closed with the client
+    finally:
+        os.close(fd)
 
 
 def best(measurements: list[Measurement]) -> Measurement:
@@ -113,10 +145,31 @@ def report(scenario: str, results: dict[str, list[Measurement]]) -> str:
         "|---|---|---|---|---|---|",
     ]
     for name, m in chosen.items():
+        if name == "pooledfetch-nolive":
+            continue
         ratio = ours.rate / m.rate
+        if name == "pooledfetch-live":
+            # The live view is compared with the same run without it, not with the baselines.
+            ratio = m.rate / chosen["pooledfetch-nolive"].rate
+            name = "pooledfetch, live view on ÷ --no-live"
         lines.append(
             f"| {name} | {m.rate:,.0f} | {m.cpu_ms_per_request:.3f} | {m.connections} | {m.rss_mb:.0f} | {ratio:.2f} |"
         )
+    return "\n".join(lines)
+
+
+def memory_report(server: nginx.Nginx, work: Path, workers: int) -> str:
+    """Peak RSS of pooledfetch over 100,000 and 1,000,000 URLs: memory must stay flat."""
+    lines = ["\n### memory (pooledfetch, one run each)\n", "| URLs | URLs/s | peak RSS MB |", "|---|---|---|"]
+    for count in (100_000, 1_000_000):
+        url_file = work / f"memory-{count}.txt"
+        with open(url_file, "w") as stream:
+            for i in range(count):
+                stream.write(server.http_url(f"/small?{i}", host=1 + i % nginx.HOSTS) + "\n")
+        command = client_commands(url_file, workers, server.ca_path, work)["pooledfetch"]
+        m = measure("pooledfetch", command, count, server)
+        lines.append(f"| {count:,} | {m.rate:,.0f} | {m.rss_mb:.0f} |")
+        url_file.unlink()
     return "\n".join(lines)
 
 
@@ -136,6 +189,8 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=50)
     parser.add_argument("--scenario", action="append", help="run only these (repeatable)")
     parser.add_argument("--client", action="append", help="run only these clients (pooledfetch always runs)")
+    parser.add_argument("--no-live", action="store_true", help="skip the live-view comparison")
+    parser.add_argument("--memory", action="store_true", help="also: peak RSS at 100,000 and 1,000,000 URLs")
     args = parser.parse_args()
 
     server = nginx.start()
@@ -152,11 +207,15 @@ def main() -> None:
             commands = client_commands(url_file, args.workers, server.ca_path, work)
             if args.client:
                 commands = {k: v for k, v in commands.items() if k == "pooledfetch" or k in args.client}
+            if scenario == "http-1host" and not args.no_live:
+                commands.update(live_commands(url_file, args.workers, server.ca_path))
             results: dict[str, list[Measurement]] = {name: [] for name in commands}
             for _ in range(args.rounds):
                 for name, command in commands.items():  # interleaved: drift hits every client alike
                     results[name].append(measure(name, command, len(urls), server))
             print(report(scenario, results), flush=True)
+        if args.memory:
+            print(memory_report(server, work, args.workers), flush=True)
     finally:
         server.stop()
         shutil.rmtree(work, ignore_errors=True)
