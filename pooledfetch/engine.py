@@ -305,10 +305,15 @@ def _read_body(
     read1() makes at most one socket read per call, so a server dripping a byte a second
     cannot hold a call for long: the deadline and the abandon flag are checked between reads.
     """
+    # Without a content coding nothing is buffered past the socket: once the response is
+    # closed the body is complete, which saves a last empty read per URL.
+    plain = "content-encoding" not in raw.headers
     while chunk := raw.read1(BODY_CHUNK, decode_content=True):
         body.received += len(chunk)
         if body.received > max_bytes or raw.tell() > max_bytes:
             raise _BodyTooLarge
+        if plain and raw.closed:
+            break
         if abandon.is_set():
             raise _Stopped
         if deadline is not None and time.monotonic() > deadline:

@@ -107,6 +107,8 @@ class Deadlines:
                 self._thread.start()
 
     def disarm(self) -> None:
+        if self.current() is None:
+            return  # nothing was armed: no lock on the hot path of runs without --max-time
         self._local.deadline = None
         with self._lock:
             self._armed.pop(threading.get_ident(), None)

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import pytest
+import requests
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pytest_httpserver import HTTPServer
 from urllib3 import HTTPResponse
 from urllib3.exceptions import MaxRetryError, ResponseError
@@ -12,7 +15,7 @@ from pooledfetch import FetchConfig, __version__, fetch_all
 from pooledfetch import results as rc
 from pooledfetch.config import DEFAULT_MAX_RETRY_WAIT
 from pooledfetch.demo import DemoServer
-from pooledfetch.session import CappedRetry, Transport, build_headers
+from pooledfetch.session import CappedRetry, Transport, build_headers, canonical_url
 
 FAST = {"connect_timeout": 2.0, "read_timeout": 2.0, "retries": 0, "backoff_factor": 0.0}
 
@@ -206,3 +209,51 @@ def test_no_proxy_bypasses_the_environment_proxy(demo_server: DemoServer, fake_d
     assert result.error == rc.DNS
     assert demo_server.requests == 0
     assert "behind-proxy.invalid" in fake_dns
+
+
+# --- the canonical-URL fast path ------------------------------------------------------------------------------
+
+_HOST = st.from_regex(r"[a-z0-9]([a-z0-9.-]{0,20}[a-z0-9])?", fullmatch=True)
+# Characters the fast path takes, and some it must refuse.
+_CANONICAL_CHARS = "abcXYZ019-._~!$&'()*+,;=:@/?"
+_ANY_CHARS = _CANONICAL_CHARS + "%#[] é"
+
+
+def _prepared_by_requests(url: str) -> str | None:
+    prepared = requests.PreparedRequest()
+    prepared.prepare_url(url, None)
+    return prepared.url
+
+
+@settings(max_examples=300, deadline=None, derandomize=True)
+@given(
+    scheme=st.sampled_from(["http", "https", "HTTP"]),
+    host=_HOST,
+    port=st.one_of(st.none(), st.integers(1, 65535)),
+    rest=st.one_of(st.text(alphabet=_CANONICAL_CHARS, max_size=30), st.text(alphabet=_ANY_CHARS, max_size=30)),
+)
+def test_the_fast_path_agrees_with_requests_prepare_url(scheme: str, host: str, port: int | None, rest: str) -> None:
+    """Whenever canonical_url() answers, it answers exactly what requests' prepare_url would."""
+    url = f"{scheme}://{host}{f':{port}' if port else ''}{rest}"
+    fast = canonical_url(url)
+    if fast is not None:
+        assert fast == _prepared_by_requests(url)
+
+
+@pytest.mark.parametrize(
+    "url, expected",
+    [
+        ("http://127.0.0.1:8080", "http://127.0.0.1:8080/"),
+        ("http://h.example?x=1", "http://h.example/?x=1"),
+        ("https://x.org/a.b/c.d?e.f", "https://x.org/a.b/c.d?e.f"),
+        ("http://a.example/x?y=%7E", None),  # requoting would rewrite the escape
+        ("http://A.example/", None),  # the host would be lowercased
+        ("http://a.example/x/../y", None),  # dot segments are removed
+        ("http://a.example/a b", None),  # the space would be quoted
+        ("http://user:pw@a.example/", None),  # credentials go to the Authorization header
+    ],
+)
+def test_the_fast_path_takes_only_canonical_urls(url: str, expected: str | None) -> None:
+    assert canonical_url(url) == expected
+    if expected is not None:
+        assert _prepared_by_requests(url) == expected
