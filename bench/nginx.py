@@ -28,7 +28,7 @@ http {{
     default_type application/octet-stream;
     server {{
         {listen_http}
-        listen 127.0.0.1:{https_port} ssl;
+        {listen_https}
         ssl_certificate {prefix}/cert.pem;
         ssl_certificate_key {prefix}/key.pem;
         root {prefix}/www;
@@ -63,7 +63,7 @@ def _write_certificate(prefix: Path) -> Path:
         import trustme
 
         ca = trustme.CA()
-        server = ca.issue_cert("127.0.0.1", "localhost")
+        server = ca.issue_cert(*(f"127.0.0.{host}" for host in range(1, HOSTS + 1)), "localhost")
         server.private_key_pem.write_to_path(str(prefix / "key.pem"))
         server.cert_chain_pems[0].write_to_path(str(prefix / "cert.pem"))
         ca.cert_pem.write_to_path(str(ca_path))
@@ -90,8 +90,8 @@ class Nginx:
     def http_url(self, path: str, host: int = 1) -> str:
         return f"http://127.0.0.{host}:{self.http_port}{path}"
 
-    def https_url(self, path: str) -> str:
-        return f"https://127.0.0.1:{self.https_port}{path}"
+    def https_url(self, path: str, host: int = 1, port: int | None = None) -> str:
+        return f"https://127.0.0.{host}:{port or self.https_port}{path}"
 
     def accepted_connections(self) -> int:
         with urllib.request.urlopen(f"http://127.0.0.1:{self.status_port}/status", timeout=5) as response:
@@ -115,8 +115,10 @@ def start() -> Nginx:
     (prefix / "www" / "large").write_bytes(LARGE_BODY)
     ca_path = _write_certificate(prefix)
     http_port, https_port, status_port = _free_port(), _free_port(), _free_port()
-    listen_http = "\n        ".join(f"listen 127.0.0.{host}:{http_port};" for host in range(1, HOSTS + 1))
-    config = CONFIG.format(prefix=prefix, listen_http=listen_http, https_port=https_port, status_port=status_port)
+    addresses = [f"127.0.0.{host}" for host in range(1, HOSTS + 1)]
+    listen_http = "\n        ".join(f"listen {address}:{http_port};" for address in addresses)
+    listen_https = "\n        ".join(f"listen {address}:{https_port} ssl;" for address in addresses)
+    config = CONFIG.format(prefix=prefix, listen_http=listen_http, listen_https=listen_https, status_port=status_port)
     (prefix / "nginx.conf").write_text(config)
     process = subprocess.Popen(
         [find_nginx(), "-p", str(prefix), "-c", str(prefix / "nginx.conf"), "-g", "daemon off;"],

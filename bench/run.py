@@ -49,13 +49,33 @@ class Measurement:
         return self.cpu_s * 1000 / self.urls
 
 
-def scenarios(server: nginx.Nginx, count: int) -> dict[str, list[str]]:
+LATENCY_SCENARIO = "https-20hosts-40ms"
+ONE_WAY_DELAY = 0.02
+
+
+def scenarios(server: nginx.Nginx, count: int, delay_port: int) -> dict[str, list[str]]:
     return {
         "http-1host": [server.http_url("/small")] * count,
         "https-1host": [server.https_url("/small")] * (count // 2),
         "http-20hosts": [server.http_url("/small", host=1 + i % nginx.HOSTS) for i in range(count)],
         "http-100KB": [server.http_url("/large")] * (count // 5),
+        # Through a forwarder adding 20 ms each way: a 40 ms round trip to 20 TLS hosts.
+        LATENCY_SCENARIO: [
+            server.https_url("/small", host=1 + i % nginx.HOSTS, port=delay_port) for i in range(count // 5)
+        ],
     }
+
+
+def start_delay_forwarder(server: nginx.Nginx) -> tuple[subprocess.Popen[bytes], int]:
+    port = nginx._free_port()
+    process = subprocess.Popen(
+        [sys.executable, str(Path(__file__).resolve().parent / "delay.py"), "--port", str(port),
+         "--upstream-port", str(server.https_port), "--hosts", str(nginx.HOSTS), "--delay", str(ONE_WAY_DELAY)],
+        stdout=subprocess.PIPE,
+    )  # fmt: skip
+    assert process.stdout is not None
+    process.stdout.readline()  # "ready"
+    return process, port
 
 
 def client_commands(url_file: Path, workers: int, ca: str, work: Path) -> dict[str, list[str]]:
@@ -136,11 +156,14 @@ def best(measurements: list[Measurement]) -> Measurement:
     return max(measurements, key=lambda m: m.rate)
 
 
-def report(scenario: str, results: dict[str, list[Measurement]]) -> str:
+def report(scenario: str, results: dict[str, list[Measurement]], workers: int) -> str:
     chosen = {name: best(runs) for name, runs in results.items()}
     ours = chosen["pooledfetch"]
+    floor = ""
+    if scenario == LATENCY_SCENARIO:
+        floor = f"; latency floor {workers / (2 * ONE_WAY_DELAY):,.0f} URLs/s before TLS handshakes"
     lines = [
-        f"\n### {scenario} ({ours.urls} URLs, best of {len(results['pooledfetch'])})\n",
+        f"\n### {scenario} ({ours.urls} URLs, best of {len(results['pooledfetch'])}{floor})\n",
         "| client | URLs/s | CPU ms/req | connections | peak RSS MB | pooledfetch ÷ this |",
         "|---|---|---|---|---|---|",
     ]
@@ -194,12 +217,13 @@ def main() -> None:
     args = parser.parse_args()
 
     server = nginx.start()
+    forwarder, delay_port = start_delay_forwarder(server)
     work = Path(tempfile.mkdtemp(prefix="pooledfetch-bench-work-"))
     try:
         print(f"# pooledfetch bench — {time.strftime('%Y-%m-%d')}, {platform.node()}, {os.cpu_count()} CPUs, "
               f"Python {platform.python_version()}, {args.workers} workers")  # fmt: skip
         print(startup_time(5))
-        for scenario, urls in scenarios(server, args.urls).items():
+        for scenario, urls in scenarios(server, args.urls, delay_port).items():
             if args.scenario and scenario not in args.scenario:
                 continue
             url_file = work / f"{scenario}.txt"
@@ -213,10 +237,11 @@ def main() -> None:
             for _ in range(args.rounds):
                 for name, command in commands.items():  # interleaved: drift hits every client alike
                     results[name].append(measure(name, command, len(urls), server))
-            print(report(scenario, results), flush=True)
+            print(report(scenario, results, args.workers), flush=True)
         if args.memory:
             print(memory_report(server, work, args.workers), flush=True)
     finally:
+        forwarder.terminate()
         server.stop()
         shutil.rmtree(work, ignore_errors=True)
 
