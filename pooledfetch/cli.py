@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 import click
 
 from pooledfetch import __version__
+from pooledfetch import config as cfg
 from pooledfetch.errors import ExitCode, PooledFetchError
 
 if TYPE_CHECKING:
@@ -125,12 +126,16 @@ def _graceful_interrupts(cancel: threading.Event) -> Iterator[None]:
 @click.option(
     "--pool-connections",
     type=click.IntRange(min=1),
-    default=100,
+    default=cfg.DEFAULT_POOL_CONNECTIONS,
     show_default=True,
     help="Per-host connection pools kept (an LRU): more hosts than this churn connections.",
 )
 @click.option(
-    "--pool-maxsize", type=click.IntRange(min=1), default=20, show_default=True, help="Connections kept open per host."
+    "--pool-maxsize",
+    type=click.IntRange(min=1),
+    default=cfg.DEFAULT_POOL_MAXSIZE,
+    show_default=True,
+    help="Connections kept open per host.",
 )
 @click.option(
     "--pool-block/--no-pool-block",
@@ -141,20 +146,20 @@ def _graceful_interrupts(cancel: threading.Event) -> Iterator[None]:
 @click.option(
     "--retries",
     type=click.IntRange(min=0),
-    default=2,
+    default=cfg.DEFAULT_RETRIES,
     show_default=True,
     help="Retries per request (connection errors and --retry-status; idempotent methods only).",
 )
 @click.option(
     "--backoff-factor",
     type=click.FloatRange(min=0),
-    default=0.5,
+    default=cfg.DEFAULT_BACKOFF_FACTOR,
     show_default=True,
     help="Exponential backoff between retries: factor × 2^(retry-1) seconds.",
 )
 @click.option(
     "--retry-status",
-    default="429,500,502,503,504",
+    default=",".join(map(str, cfg.DEFAULT_RETRY_STATUSES)),
     show_default=True,
     metavar="CODES",
     help="Comma-separated statuses to retry (Retry-After is honoured).",
@@ -162,7 +167,7 @@ def _graceful_interrupts(cancel: threading.Event) -> Iterator[None]:
 @click.option(
     "--max-retry-wait",
     type=click.FloatRange(min=0),
-    default=60.0,
+    default=cfg.DEFAULT_MAX_RETRY_WAIT,
     show_default=True,
     metavar="S",
     help="Longest wait before a retry; a longer Retry-After gives up with that response.",
@@ -171,13 +176,14 @@ def _graceful_interrupts(cancel: threading.Event) -> Iterator[None]:
     "--connect-timeout",
     type=click.FloatRange(min=0, min_open=True),
     metavar="S",
-    help="Seconds to connect (also the longest wait for a free pooled connection).  [default: 10]",
+    help="Seconds to connect (also the longest wait for a free pooled connection)."
+    f"  [default: {cfg.DEFAULT_CONNECT_TIMEOUT:g}]",
 )
 @click.option(
     "--read-timeout",
     type=click.FloatRange(min=0, min_open=True),
     metavar="S",
-    help="Seconds of silence allowed between bytes from the server.  [default: 30]",
+    help=f"Seconds of silence allowed between bytes from the server.  [default: {cfg.DEFAULT_READ_TIMEOUT:g}]",
 )
 @click.option(
     "--timeout",
@@ -201,8 +207,8 @@ def _graceful_interrupts(cancel: threading.Event) -> Iterator[None]:
     metavar="'NAME: VALUE'",
     help="Add or override a request header; 'Name:' removes a default one. Repeatable.",
 )
-@click.option("-A", "--user-agent", default=f"pooledfetch/{__version__}", show_default=True)
-@click.option("--max-redirects", type=click.IntRange(min=0), default=10, show_default=True)
+@click.option("-A", "--user-agent", default=cfg.DEFAULT_USER_AGENT, show_default=True)
+@click.option("--max-redirects", type=click.IntRange(min=0), default=cfg.DEFAULT_MAX_REDIRECTS, show_default=True)
 @click.option("--no-follow", is_flag=True, help="Do not follow redirects: report the 3xx itself.")
 @click.option("-k", "--insecure", is_flag=True, help="Do not verify TLS certificates.")
 @click.option(
@@ -210,7 +216,7 @@ def _graceful_interrupts(cancel: threading.Event) -> Iterator[None]:
 )
 @click.option(
     "--max-bytes",
-    default="100MB",
+    default=f"{cfg.DEFAULT_MAX_BYTES // 1000**2}MB",
     show_default=True,
     metavar="SIZE",
     help="Stop reading a body past this size (decoded) and report body_too_large.",
@@ -295,8 +301,8 @@ def _run(options: dict[str, Any]) -> ExitCode:
                 backoff_factor=options["backoff_factor"],
                 retry_statuses=_statuses(options["retry_status"]),
                 max_retry_wait=options["max_retry_wait"],
-                connect_timeout=options["connect_timeout"] or timeout or 10.0,
-                read_timeout=options["read_timeout"] or timeout or 30.0,
+                connect_timeout=options["connect_timeout"] or timeout or cfg.DEFAULT_CONNECT_TIMEOUT,
+                read_timeout=options["read_timeout"] or timeout or cfg.DEFAULT_READ_TIMEOUT,
                 max_time=options["max_time"],
                 method=options["method"] or ("POST" if data is not None else "GET"),
                 data=data,
@@ -318,19 +324,19 @@ def _run(options: dict[str, Any]) -> ExitCode:
 
         progress = RunProgress()
         stats = stack.enter_context(RunStats())
-        view = _open_outputs(stack, options, config, stats, progress)
+        outputs = _open_outputs(stack, options, config, stats, progress)
         resume_state = None
         if options["resume"]:
             from pooledfetch import resume
 
             resume_state = resume.load(options["resume"])
-            view.sinks.append(stack.enter_context(open_exporter(options["resume"], "jsonl", append=True)))
+            outputs.sinks.append(stack.enter_context(open_exporter(options["resume"], "jsonl", append=True)))
 
         cancel = threading.Event()
         interrupted = False
         try:
             with _graceful_interrupts(cancel):
-                _consume(inputs, options["demo"], config, cancel, view, progress, resume_state)
+                _consume(inputs, options["demo"], config, cancel, outputs, progress, resume_state)
         except KeyboardInterrupt:
             interrupted = True
         interrupted = interrupted or cancel.is_set()

@@ -11,6 +11,7 @@ import os
 import sys
 import warnings
 
+import helpers
 import pytest
 
 from pooledfetch.errors import ExportError
@@ -18,27 +19,18 @@ from pooledfetch.export import FORMATS, csv_cell, format_for, open_exporter, row
 from pooledfetch.results import FIELDS, Result
 
 
-def make_result(index: int = 0, **changes) -> Result:
-    values = {
+def make_result(index: int = 0, **changes: object) -> Result:
+    values: dict[str, object] = {
         "index": index,
         "url": f"https://example.com/{index}",
         "final_url": f"https://example.com/{index}/final",
-        "method": "GET",
-        "status": 200,
-        "reason": "OK",
-        "ok": True,
-        "error": "",
-        "error_detail": "",
         "ttfb_ms": 12.5,
         "total_ms": 34.25,
         "bytes": 1024,
         "content_type": "text/html; charset=utf-8",
         "redirects": 1,
-        "retries": 0,
-        "started_at": "2024-01-02T03:04:05.678+00:00",
     }
-    values.update(changes)
-    return Result(**values)
+    return helpers.make_result(**{**values, **changes})
 
 
 ROWS = [

@@ -7,6 +7,7 @@ import re
 import time
 from collections.abc import Callable, Iterator
 
+import helpers
 import pytest
 from rich.console import Console
 
@@ -21,29 +22,19 @@ HOSTILE = "\x1b[31mred\x1b]0;x\x07[blink]x[/blink]"
 
 
 def make_result(index: int, **changes: object) -> Result:
+    url = f"https://host{index % 3}.example.com/path/{index}"
     values: dict[str, object] = {
         "index": index,
-        "url": f"https://host{index % 3}.example.com/path/{index}",
-        "final_url": f"https://host{index % 3}.example.com/path/{index}",
-        "method": "GET",
-        "status": 200,
-        "reason": "OK",
-        "ok": True,
-        "error": "",
-        "error_detail": "",
+        "url": url,
+        "final_url": url,
         "ttfb_ms": 5.0 + index,
         "total_ms": 10.0 + index,
         "bytes": 2048,
-        "content_type": "text/html",
-        "redirects": 0,
-        "retries": 0,
-        "started_at": "2024-01-02T03:04:05.678+00:00",
         "conn_reused": index % 2 == 1,
         "connect_ms": 1.5,
         "pool_wait_ms": 0.25,
     }
-    values.update(changes)
-    return Result(**values)  # type: ignore[arg-type]
+    return helpers.make_result(**{**values, **changes})
 
 
 def failed_result(index: int, error: str = "timeout") -> Result:

@@ -7,14 +7,13 @@ from __future__ import annotations
 import base64
 import csv
 import json
-import os
 import subprocess
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from urllib.parse import quote
 
 import pytest
+from helpers import run_on_pty
 from hostile import HostileServer, cli_command, offline_env
 
 from pooledfetch import results as rc
@@ -106,43 +105,11 @@ def test_no_control_character_reaches_stdout_as_jsonl(server: HostileServer, tmp
 
 def run_on_a_terminal(tmp_path: Path, lines: Sequence[str | bytes], timeout: float = 30.0) -> tuple[int, bytes]:
     """Run the CLI with stdout and stderr on a pseudo-terminal (the live view and the rich summary)."""
-    import pty
-    import select
-
     urls = tmp_path / "urls.txt"
     urls.write_bytes(b"".join((line.encode() if isinstance(line, str) else line) + b"\n" for line in lines))
     env = offline_env(tmp_path, TERM="xterm-256color", COLUMNS="240", LINES="50")
     env.pop("NO_COLOR")
-    controller, terminal = pty.openpty()
-    try:
-        process = subprocess.Popen(
-            [cli_command(), str(urls), "--retries", "0", "--timeout", "2"],
-            stdin=subprocess.DEVNULL,
-            stdout=terminal,
-            stderr=terminal,
-            env=env,
-        )
-        os.close(terminal)
-        terminal = -1
-        output = b""
-        end = time.monotonic() + timeout
-        while time.monotonic() < end:
-            ready, _, _ = select.select([controller], [], [], 0.1)
-            if ready:
-                try:
-                    chunk = os.read(controller, 65536)
-                except OSError:  # EIO: the child closed the terminal
-                    break
-                if not chunk:
-                    break
-                output += chunk
-            elif process.poll() is not None:
-                break
-        return process.wait(5), output
-    finally:
-        os.close(controller)
-        if terminal >= 0:
-            os.close(terminal)
+    return run_on_pty([cli_command(), str(urls), "--retries", "0", "--timeout", "2"], env, timeout)
 
 
 def test_no_injected_sequence_reaches_the_live_view_or_summary(server: HostileServer, tmp_path: Path) -> None:

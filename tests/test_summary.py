@@ -6,6 +6,7 @@ import io
 import json
 from pathlib import Path
 
+import helpers
 import pytest
 from rich.console import Console
 
@@ -31,25 +32,15 @@ def make_result(index: int, host: str = "a.example", **changes: object) -> Resul
         "index": index,
         "url": f"https://{host}/{index}",
         "final_url": f"https://{host}/{index}",
-        "method": "GET",
-        "status": 200,
-        "reason": "OK",
-        "ok": True,
-        "error": "",
-        "error_detail": "",
         "ttfb_ms": float(index + 1) / 2,
         "total_ms": float(index + 1),
         "bytes": 1000,
         "content_type": "text/plain",
-        "redirects": 0,
-        "retries": 0,
-        "started_at": "2024-01-02T03:04:05.678+00:00",
         "conn_reused": index > 0,
         "connect_ms": 1.0,
         "pool_wait_ms": 2.0,
     }
-    values.update(changes)
-    return Result(**values)  # type: ignore[arg-type]
+    return helpers.make_result(**{**values, **changes})
 
 
 def make_stats() -> RunStats:

@@ -4,55 +4,25 @@ from __future__ import annotations
 
 import json
 import os
-import pty
-import select
-import shutil
-import subprocess
-import sys
-import time
 from pathlib import Path
 
-import pytest
 from click.testing import CliRunner
+from helpers import run_on_pty
+from hostile import cli_command
 
 from pooledfetch.cli import cli
 from pooledfetch.demo import DemoServer
 
 
-def _installed_command() -> str:
-    command = shutil.which("pooledfetch", path=os.path.dirname(sys.executable)) or shutil.which("pooledfetch")
-    if command is None:
-        pytest.fail("the pooledfetch console script is not installed: run pip install -e '.[test]'")
-    return command
-
-
-def _run_on_pty(args: list[str], timeout: float = 60.0) -> tuple[int, str]:
-    """Run with stdout and stderr on one pseudo-terminal; return the exit code and all it printed."""
-    leader, follower = pty.openpty()
+def _run_on_pty(args: list[str]) -> tuple[int, str]:
     env = {**os.environ, "COLUMNS": "120", "LINES": "40", "TERM": "xterm-256color"}
     env.pop("NO_COLOR", None)
-    process = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=follower, stderr=follower, env=env)
-    os.close(follower)
-    output = bytearray()
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        ready, _, _ = select.select([leader], [], [], 0.1)
-        if ready:
-            try:
-                chunk = os.read(leader, 65536)
-            except OSError:  # the terminal closed: the process has ended
-                break
-            if not chunk:
-                break
-            output += chunk
-        elif process.poll() is not None:
-            break
-    os.close(leader)
-    return process.wait(timeout=10), output.decode("utf-8", "replace")
+    code, output = run_on_pty(args, env)
+    return code, output.decode("utf-8", "replace")
 
 
 def test_live_view_on_a_terminal_ends_with_the_summary() -> None:
-    code, output = _run_on_pty([_installed_command(), "--demo", "--retries", "0"])
+    code, output = _run_on_pty([cli_command(), "--demo", "--retries", "0"])
     assert code == 0, output
     assert "Traceback" not in output
     # The progress line of the live view, then the summary sections.
@@ -64,7 +34,7 @@ def test_live_view_on_a_terminal_ends_with_the_summary() -> None:
 
 
 def test_no_live_keeps_the_plain_lines_and_the_summary() -> None:
-    code, output = _run_on_pty([_installed_command(), "--demo", "--retries", "0", "--no-live"])
+    code, output = _run_on_pty([cli_command(), "--demo", "--retries", "0", "--no-live"])
     assert code == 0, output
     assert "31/31" not in output
     assert "/status/418" in output and "Connection pool" in output

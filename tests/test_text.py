@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 from collections import Counter
 
+import helpers
 import pytest
 
 from pooledfetch.plain import PlainLines
@@ -13,27 +14,8 @@ from pooledfetch.stats import RunStats
 from pooledfetch.text import printable
 
 
-def make_result(**changes) -> Result:
-    values = {
-        "index": 0,
-        "url": "https://example.com/",
-        "final_url": "https://example.com/",
-        "method": "GET",
-        "status": 200,
-        "reason": "OK",
-        "ok": True,
-        "error": "",
-        "error_detail": "",
-        "ttfb_ms": 5.0,
-        "total_ms": 12.4,
-        "bytes": 512,
-        "content_type": "text/html",
-        "redirects": 0,
-        "retries": 0,
-        "started_at": "2024-01-01T00:00:00.000+00:00",
-    }
-    values.update(changes)
-    return Result(**values)
+def make_result(**changes: object) -> Result:
+    return helpers.make_result(**{"started_at": "2024-01-01T00:00:00.000+00:00", **changes})
 
 
 def failed(error: str = "dns", **changes) -> Result:

@@ -1,0 +1,63 @@
+"""Small shared test helpers: result rows to feed sinks, and running a command on a pseudo-terminal."""
+
+from __future__ import annotations
+
+import os
+import pty
+import select
+import subprocess
+import time
+from collections.abc import Mapping, Sequence
+
+from pooledfetch.results import Result
+
+# A successful GET as most sink tests want it; each test overrides what it is about.
+BASE_ROW: dict[str, object] = {
+    "index": 0,
+    "url": "https://example.com/",
+    "final_url": "https://example.com/",
+    "method": "GET",
+    "status": 200,
+    "reason": "OK",
+    "ok": True,
+    "error": "",
+    "error_detail": "",
+    "ttfb_ms": 5.0,
+    "total_ms": 12.4,
+    "bytes": 512,
+    "content_type": "text/html",
+    "redirects": 0,
+    "retries": 0,
+    "started_at": "2024-01-02T03:04:05.678+00:00",
+}
+
+
+def make_result(**changes: object) -> Result:
+    return Result(**{**BASE_ROW, **changes})  # type: ignore[arg-type]
+
+
+def run_on_pty(args: Sequence[str], env: Mapping[str, str], timeout: float = 60.0) -> tuple[int, bytes]:
+    """Run `args` with stdout and stderr on one pseudo-terminal; the exit code and all it printed."""
+    leader, follower = pty.openpty()
+    try:
+        process = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=follower, stderr=follower, env=dict(env))
+    finally:
+        os.close(follower)
+    output = bytearray()
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([leader], [], [], 0.1)
+            if ready:
+                try:
+                    chunk = os.read(leader, 65536)
+                except OSError:  # EIO: the process closed the terminal
+                    break
+                if not chunk:
+                    break
+                output += chunk
+            elif process.poll() is not None:
+                break
+        return process.wait(timeout=10), bytes(output)
+    finally:
+        os.close(leader)
