@@ -159,10 +159,12 @@ class DemoServer(http.server.ThreadingHTTPServer):
         self.requests = 0
         self._thread: threading.Thread | None = None
 
+    scheme = "http"
+
     @property
     def base_url(self) -> str:
         host, port = self.server_address[:2]
-        return f"http://{host!s}:{port}"
+        return f"{self.scheme}://{host!s}:{port}"
 
     def process_request(self, request: Any, client_address: Any) -> None:
         with self._lock:

@@ -81,15 +81,12 @@ def shared_demo_server() -> Iterator[DemoServer]:
 class TLSDemoServer(DemoServer):
     """The demo server behind TLS. The handshake runs in the handler thread, not in the accept loop."""
 
+    scheme = "https"
+
     def __init__(self, context: ssl.SSLContext) -> None:
         super().__init__()
         self.socket = context.wrap_socket(self.socket, server_side=True, do_handshake_on_connect=False)
         self.handshake_failures = 0
-
-    @property
-    def base_url(self) -> str:
-        host, port = self.server_address[:2]
-        return f"https://{host!s}:{port}"
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         # A client rejecting the certificate is an expected outcome here, not a traceback on stderr.
