@@ -24,12 +24,14 @@ from pooledfetch import config as cfg
 from pooledfetch.errors import ExitCode, PooledFetchError
 
 if TYPE_CHECKING:
+    from rich.console import Console
+
     from pooledfetch.config import FetchConfig
     from pooledfetch.engine import RunProgress
-    from pooledfetch.live import LiveView, NullView
+    from pooledfetch.live import LiveView
     from pooledfetch.plain import PlainLines
     from pooledfetch.resume import ResumeState
-    from pooledfetch.sink import Sink
+    from pooledfetch.sink import NullView, Sink
     from pooledfetch.sources import OverlongLine
     from pooledfetch.stats import RunStats
 
@@ -361,39 +363,52 @@ def _open_outputs(
     stack: ExitStack, options: dict[str, Any], config: FetchConfig, stats: RunStats, progress: RunProgress
 ) -> _Outputs:
     """Decide once what goes where: results on stdout, the live view and summary on stderr."""
-    from rich.console import Console
-
     from pooledfetch.export import format_for, open_exporter
-    from pooledfetch.live import LiveView, NullView
-    from pooledfetch.summary import print_summary, summary_data, write_summary_json
+    from pooledfetch.sink import NullView
 
     stderr_terminal = sys.stderr.isatty() and os.environ.get("TERM") != "dumb"
     live = stderr_terminal and not options["quiet"] and not options["no_live"]
-    console = Console(stderr=True)
+    console = _stderr_console() if stderr_terminal else None
 
     def summarise(exc_type: type[BaseException] | None, *_: object) -> None:
         if exc_type is not None and issubclass(exc_type, PooledFetchError):
             return  # the error is the one line to show
         stats.close()
         if options["summary_json"]:
+            from pooledfetch.summary import summary_data, write_summary_json
+
             write_summary_json(options["summary_json"], summary_data(stats, progress.accounting, config))
         if options["quiet"]:
             return
-        if stderr_terminal:
+        if console is not None:
+            from pooledfetch.summary import print_summary
+
             print_summary(console, stats, progress.accounting, config)
         else:
             click.echo(stats.summary_line(), err=True)
 
     # Registered before the view is opened, so it runs after the view has cleared itself.
     stack.push(summarise)
-    view: LiveView | NullView = stack.enter_context(LiveView(console, stats, progress, config)) if live else NullView()
-    sinks: list[Sink] = [stats, view]
+    view: LiveView | NullView = NullView()
+    sinks: list[Sink] = [stats]
+    if live and console is not None:
+        from pooledfetch.live import LiveView
+
+        view = stack.enter_context(LiveView(console, stats, progress, config))
+        sinks.append(view)
     for path in options["outputs"]:
         sinks.append(stack.enter_context(open_exporter(path, format_for(path, options["export_format"]))))
     table_replaces_lines = live and _same_terminal(sys.stdout, sys.stderr)
     if not options["quiet"] and "-" not in options["outputs"] and not table_replaces_lines:
         sinks.append(stack.enter_context(_plain_lines()))
     return _Outputs(sinks, view, live)
+
+
+def _stderr_console() -> Console:
+    # rich is imported only when stderr is a terminal: a piped or quiet run starts faster without it.
+    from rich.console import Console
+
+    return Console(stderr=True)
 
 
 def _same_terminal(first: Any, second: Any) -> bool:

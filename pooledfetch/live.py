@@ -152,16 +152,6 @@ class LiveView(Sink):
         live.update(self.frame(), refresh=refresh)
 
 
-class NullView(Sink):
-    """The live view's twin for pipes, --no-live and --quiet: takes everything, shows nothing."""
-
-    def set_total(self, total: int) -> None:
-        """Nothing to show it on."""
-
-    def write(self, result: Result) -> None:
-        """Nothing to show it on."""
-
-
 def _results_table(rows: tuple[Result, ...], width: int) -> Table:
     """One line per result, the URL shortened in the middle so no row wraps at `width`."""
     cells = [_cells(result) for result in rows]

@@ -23,3 +23,16 @@ class Sink:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.close()
+
+
+class NullView(Sink):
+    """The live view's twin for pipes, --no-live and --quiet: takes everything, shows nothing.
+
+    It lives here, not in live.py, so a run without a terminal never imports rich.
+    """
+
+    def set_total(self, total: int) -> None:
+        """Nothing to show it on."""
+
+    def write(self, result: Result) -> None:
+        """Nothing to show it on."""

@@ -13,8 +13,9 @@ from rich.console import Console
 
 from pooledfetch.config import FetchConfig
 from pooledfetch.engine import RunProgress
-from pooledfetch.live import FRAMES_PER_SECOND, MAX_ROWS, LiveView, NullView, shorten_middle
+from pooledfetch.live import FRAMES_PER_SECOND, MAX_ROWS, LiveView, shorten_middle
 from pooledfetch.results import Result
+from pooledfetch.sink import NullView
 from pooledfetch.stats import RunStats
 
 ROW = re.compile(r"^\s*(\d+) (?:200|404|timeout)\b")
