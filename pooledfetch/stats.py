@@ -24,6 +24,7 @@ class LatencyHistogram:
 
     _GROWTH = 1.01
     _MIN_MS = 0.01
+    _LOG_GROWTH = math.log(_GROWTH)
 
     def __init__(self) -> None:
         self._buckets: Counter[int] = Counter()
@@ -52,7 +53,7 @@ class LatencyHistogram:
     def _bucket(self, value_ms: float) -> int:
         if value_ms <= self._MIN_MS:
             return 0
-        return 1 + int(math.log(value_ms / self._MIN_MS, self._GROWTH))
+        return 1 + int(math.log(value_ms / self._MIN_MS) / self._LOG_GROWTH)
 
     def _value(self, bucket: int) -> float:
         # The upper edge of the bucket: a percentile never understates.
@@ -90,6 +91,7 @@ class RunStats(Sink):
     total_time: LatencyHistogram = field(default_factory=LatencyHistogram)
     pool_wait: LatencyHistogram = field(default_factory=LatencyHistogram)
     _recent: deque[tuple[float, int]] = field(default_factory=deque)
+    _hostnames: dict[str, str] = field(default_factory=dict)
 
     def write(self, result: Result) -> None:
         self.total += 1
@@ -131,10 +133,19 @@ class RunStats(Sink):
             self.finished = time.monotonic()
 
     def _host(self, result: Result) -> HostStats | None:
-        try:
-            name = urlsplit(result.final_url).hostname
-        except ValueError:
-            return None
+        url = result.final_url
+        # Parsing every URL is the costliest step here; one host name per origin is enough.
+        end = url.find("/", url.find("//") + 2)
+        origin = url if end < 0 else url[:end]
+        name = self._hostnames.get(origin)
+        if name is None:
+            try:
+                name = urlsplit(origin).hostname or ""
+            except ValueError:
+                name = ""
+            if len(self._hostnames) >= MAX_TRACKED_HOSTS:
+                self._hostnames.clear()
+            self._hostnames[origin] = name
         if not name:
             return None
         if name not in self.hosts and len(self.hosts) >= MAX_TRACKED_HOSTS:
