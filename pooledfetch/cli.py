@@ -199,6 +199,29 @@ def _graceful_interrupts(cancel: threading.Event) -> Iterator[None]:
     metavar="S",
     help="Deadline per URL: connect, redirects, retries and their waits, and the body (like curl -m).",
 )
+@click.option(
+    "--rate",
+    type=click.FloatRange(min=0, min_open=True),
+    metavar="N",
+    help="At most N requests per second overall, evenly spaced (each redirect hop counts).",
+)
+@click.option(
+    "--per-host-concurrency",
+    type=click.IntRange(min=1),
+    metavar="N",
+    help="At most N requests in flight to any one host (host:port).  [default: no limit]",
+)
+@click.option(
+    "--per-host-rate",
+    type=click.FloatRange(min=0, min_open=True),
+    metavar="N",
+    help="At most N requests per second to any one host, evenly spaced.",
+)
+@click.option(
+    "--pause-hosts",
+    is_flag=True,
+    help="A 429/503 with Retry-After pauses its host for every worker (at most --max-retry-wait).",
+)
 @click.option("-X", "--method", help="HTTP method.  [default: GET, or POST with --data]")
 @click.option("-d", "--data", metavar="TEXT|@FILE", help="Request body, or @FILE to send a file's bytes.")
 @click.option(
@@ -320,6 +343,10 @@ def _run(options: dict[str, Any]) -> ExitCode:
                 dedupe=options["dedupe"],
                 netrc=options["use_netrc"],
                 show_credentials=options["show_credentials"],
+                rate=options["rate"],
+                per_host_concurrency=options["per_host_concurrency"],
+                per_host_rate=options["per_host_rate"],
+                pause_hosts=options["pause_hosts"],
             )
         except ConfigError as exc:
             raise click.UsageError(str(exc)) from None

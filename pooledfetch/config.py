@@ -56,6 +56,11 @@ class FetchConfig:
     dedupe: bool = False
     netrc: bool = False
     show_credentials: bool = False
+    # Politeness limits (pooledfetch.limits); None means no limit.
+    rate: float | None = None
+    per_host_concurrency: int | None = None
+    per_host_rate: float | None = None
+    pause_hosts: bool = False
 
     def __post_init__(self) -> None:
         if self.pool_maxsize < 1:
@@ -86,6 +91,12 @@ class FetchConfig:
                 raise ConfigError(f"{_option(name)} must be more than 0 seconds")
         if self.max_time is not None and not self.max_time > 0:
             raise ConfigError("--max-time must be more than 0 seconds")
+        for name in ("rate", "per_host_rate"):
+            value = getattr(self, name)
+            if value is not None and not 0 < value < float("inf"):
+                raise ConfigError(f"{_option(name)} must be more than 0 requests per second")
+        if self.per_host_concurrency is not None and self.per_host_concurrency < 1:
+            raise ConfigError("--per-host-concurrency must be at least 1")
         for name in ("backoff_factor", "max_retry_wait"):
             if not getattr(self, name) >= 0:
                 raise ConfigError(f"{_option(name)} must be 0 or more")

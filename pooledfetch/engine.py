@@ -21,6 +21,7 @@ from urllib3.response import BaseHTTPResponse
 
 from pooledfetch import results as rc
 from pooledfetch.config import FetchConfig
+from pooledfetch.limits import Abandoned, Limiter
 from pooledfetch.pools import PoolAccounting, connection_facts, drain_bounded, release
 from pooledfetch.results import Result, classify
 from pooledfetch.session import BadRedirect, DeadlineExceeded, Transport
@@ -80,13 +81,16 @@ def run(
     progress = progress or RunProgress()
     abandon = threading.Event()
     transport = Transport(config, progress.accounting)
+    limiter = Limiter.for_config(config)
     flight = _InFlight(progress)
     executor = ThreadPoolExecutor(config.workers, thread_name_prefix="pooledfetch")
     for _ in range(config.workers):
-        executor.submit(_work, transport, flight.inbox, flight.outbox, abandon)
+        executor.submit(_work, transport, flight.inbox, flight.outbox, abandon, limiter)
     try:
         for target in targets:
             if cancel.is_set():
+                if limiter is not None:
+                    limiter.stop()  # URLs waiting for a limit are never sent once the run is cancelled
                 yield _error_result(target, config, rc.CANCELLED, "run interrupted before this URL was sent")
             elif target.url is None:
                 yield _error_result(target, config, rc.INVALID_URL, target.invalid_reason or "invalid URL")
@@ -97,8 +101,12 @@ def run(
         while flight.pending and not cancel.is_set():
             yield from flight.collect(_POLL_SECONDS)
         if flight.pending:
+            if limiter is not None:
+                limiter.stop()  # nor during the grace period given to requests on the wire
             yield from _wind_down(flight, config, abandon, grace_seconds)
     finally:
+        if limiter is not None:
+            limiter.stop()
         abandon.set()
         for _ in range(config.workers):
             flight.inbox.put(None)
@@ -114,12 +122,13 @@ def _work(
     inbox: SimpleQueue[_Job | None],
     outbox: SimpleQueue[tuple[int, Result]],
     abandon: threading.Event,
+    limiter: Limiter | None = None,
 ) -> None:
     """One worker thread's loop: fetch targets from the inbox until told to stop."""
     while (job := inbox.get()) is not None:
         token, target = job
         try:
-            result = fetch_one(transport, target, abandon)
+            result = fetch_one(transport, target, abandon, limiter)
         except BaseException as exc:  # noqa: BLE001 - a bug in one fetch must not lose the row
             result = _error_result(target, transport.config, rc.OTHER, f"{type(exc).__name__}: {exc}")
         outbox.put((token, result))
@@ -199,8 +208,12 @@ def _wind_down(
         yield _error_result(target, config, rc.INTERRUPTED, "run interrupted while this URL was in flight")
 
 
-def fetch_one(transport: Transport, target: Target, abandon: threading.Event) -> Result:
-    """Fetch one URL, following redirects by hand, and never raise."""
+def fetch_one(transport: Transport, target: Target, abandon: threading.Event, limiter: Limiter | None = None) -> Result:
+    """Fetch one URL, following redirects by hand, and never raise.
+
+    With a `limiter`, each hop waits for its permit (within the URL's deadline) before it is
+    sent, and holds its host's slot until its body is read or drained.
+    """
     config = transport.config
     started_at = _now_iso()
     start = time.perf_counter()
@@ -214,11 +227,19 @@ def fetch_one(transport: Transport, target: Target, abandon: threading.Event) ->
     connect_ms = pool_wait_ms = 0.0
     body = _BodyProgress()
     error = detail = ""
+    host: str | None = None
     try:
         prepared = transport.prepare(target.url)
         while True:
             final_url = prepared.url or final_url
+            if limiter is not None:
+                # The previous hop's body is drained: its host slot goes back before this hop waits.
+                limiter.release(host)
+                host = None
+                host = limiter.acquire(final_url, deadline)
             raw = transport.send(prepared, deadline)
+            if limiter is not None and host is not None:
+                limiter.observe(host, raw.status, raw.headers.get("Retry-After"))
             retries += _retries_used(raw)
             if facts := connection_facts(raw.connection):
                 reused = facts[0]
@@ -246,6 +267,10 @@ def fetch_one(transport: Transport, target: Target, abandon: threading.Event) ->
         error, detail = rc.TIMEOUT, f"--max-time {config.max_time:g}s exceeded"
     except _Stopped:
         error, detail = rc.INTERRUPTED, "run interrupted while the body was being read"
+    except Abandoned:
+        # Nothing of this hop was sent; a URL with no hop sent at all is simply cancelled.
+        error = rc.CANCELLED if raw is None else rc.INTERRUPTED
+        detail = "run interrupted while waiting for a rate or host limit"
     except BadRedirect as exc:
         error, detail = rc.BAD_REDIRECT, str(exc)
     except Exception as exc:  # noqa: BLE001 - every failure becomes a classified row
@@ -260,6 +285,8 @@ def fetch_one(transport: Transport, target: Target, abandon: threading.Event) ->
         if raw is not None:
             # A fully read response already gave its connection back; one with unread body closes it.
             release(raw)
+        if limiter is not None:
+            limiter.release(host)
     status = raw.status if raw is not None else None
     return Result(
         index=target.index,

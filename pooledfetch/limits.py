@@ -1,0 +1,257 @@
+"""Politeness limits: an overall request rate, per-host concurrency and rate, and host pauses.
+
+A few dozen lines of token bucket and semaphore bookkeeping do not justify a new dependency,
+and they must respect things no rate-limit library knows about: each URL's --max-time
+deadline and the run being stopped (Ctrl-C, or the consumer closing it), so no wait ever
+runs past either.
+
+What is limited is each *hop* a worker sends: the first request and every redirect hop each
+take a permit (a per-host slot and a token from each bucket). urllib3's own retries of a hop
+take no new permit: they are spaced by the retry backoff and `Retry-After`, and stay within
+the hop's per-host slot.
+
+A `Limiter` exists per run, only when some limit is configured: with none, the engine skips
+this module entirely.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from email.utils import parsedate_to_datetime
+from urllib.parse import urlsplit
+
+from pooledfetch.config import FetchConfig
+from pooledfetch.session import DeadlineExceeded
+
+Clock = Callable[[], float]
+
+# Per-host state is kept for at most this many hosts: a list of a million hosts must not grow
+# a million entries. Idle entries go first; an evicted entry only costs a host its history.
+MAX_TRACKED_HOSTS = 10_000
+# How often a worker waiting for a per-host slot looks at its deadline and the stop event.
+_SLOT_POLL_SECONDS = 0.1
+# Statuses whose Retry-After pauses the whole host (with --pause-hosts).
+PAUSE_STATUSES = frozenset((429, 503))
+
+
+class Abandoned(Exception):
+    """The run was stopped while this request waited for a limit."""
+
+
+class TokenBucket:
+    """A smooth rate limit: one request every 1/rate seconds, with no burst.
+
+    Each caller reserves the next free instant and then sleeps until it (outside the lock), so
+    callers are served in order and a request's instant is known before anyone waits for it.
+    """
+
+    __slots__ = ("_interval", "_next", "_lock", "_clock")
+
+    def __init__(self, rate: float, clock: Clock = time.monotonic) -> None:
+        if not rate > 0:
+            raise ValueError("rate must be more than 0")
+        self._interval = 1.0 / rate
+        self._next = float("-inf")
+        self._lock = threading.Lock()
+        self._clock = clock
+
+    def reserve(self, deadline: float | None = None) -> float | None:
+        """The instant (clock time) this request may go, or None if that is past `deadline`.
+
+        Nothing is reserved when None is returned, so a request that gives up costs others nothing.
+        """
+        with self._lock:
+            at = max(self._clock(), self._next)
+            if deadline is not None and at > deadline:
+                return None
+            self._next = at + self._interval
+            return at
+
+    def idle(self) -> bool:
+        """True when a fresh bucket would behave the same (so this one can be forgotten)."""
+        return self._next <= self._clock()
+
+
+def host_key(url: str) -> str:
+    """What "one host" means here: the URL's host and port (credentials dropped, case folded)."""
+    return urlsplit(url).netloc.rpartition("@")[2].lower()
+
+
+def retry_after_seconds(value: str | None, now: float | None = None) -> float | None:
+    """A Retry-After header as seconds from now: delta-seconds or an HTTP date; None if unusable."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:
+        return None
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+
+
+def sleep_until(when: float, deadline: float | None, stop: threading.Event, clock: Clock = time.monotonic) -> None:
+    """Wait until `when`; fail at once if that is past `deadline`; end early once `stop` is set."""
+    if deadline is not None and when > deadline:
+        raise DeadlineExceeded
+    remaining = when - clock()
+    if remaining > 0 and stop.wait(remaining):
+        raise Abandoned
+    if stop.is_set():
+        raise Abandoned
+
+
+class _HostSlots:
+    """At most `limit` requests in flight per host.
+
+    A host's entry lives only while it has requests in flight, so the dict never holds more
+    entries than there are workers.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self._limit = limit
+        self._in_flight: dict[str, int] = {}
+        self._changed = threading.Condition()
+
+    def acquire(self, host: str, deadline: float | None, stop: threading.Event) -> None:
+        with self._changed:
+            while self._in_flight.get(host, 0) >= self._limit:
+                if stop.is_set():
+                    raise Abandoned
+                wait = _SLOT_POLL_SECONDS
+                if deadline is not None:
+                    wait = min(wait, deadline - time.monotonic())
+                    if wait <= 0:
+                        raise DeadlineExceeded
+                self._changed.wait(wait)
+            self._in_flight[host] = self._in_flight.get(host, 0) + 1
+
+    def release(self, host: str) -> None:
+        with self._changed:
+            left = self._in_flight[host] - 1
+            if left:
+                self._in_flight[host] = left
+            else:
+                del self._in_flight[host]
+            self._changed.notify_all()
+
+
+class _HostTimes:
+    """Per-host token buckets and pause ends, created lazily, at most MAX_TRACKED_HOSTS of each."""
+
+    def __init__(self, rate: float | None) -> None:
+        self._rate = rate
+        self._buckets: OrderedDict[str, TokenBucket] = OrderedDict()
+        self._paused_until: dict[str, float] = {}
+        self._lock = threading.Lock()
+
+    def bucket(self, host: str) -> TokenBucket | None:
+        if self._rate is None:
+            return None
+        with self._lock:
+            bucket = self._buckets.get(host)
+            if bucket is None:
+                if len(self._buckets) >= MAX_TRACKED_HOSTS:
+                    self._forget_idle_buckets()
+                bucket = self._buckets[host] = TokenBucket(self._rate)
+            return bucket
+
+    def _forget_idle_buckets(self) -> None:
+        for key in [key for key, bucket in self._buckets.items() if bucket.idle()]:
+            del self._buckets[key]
+        while len(self._buckets) >= MAX_TRACKED_HOSTS:
+            self._buckets.popitem(last=False)  # the oldest: a brief overshoot beats unbounded memory
+
+    def paused_until(self, host: str) -> float | None:
+        if not self._paused_until:
+            return None  # the common case: no host paused, no lock taken
+        with self._lock:
+            until = self._paused_until.get(host)
+            if until is not None and until <= time.monotonic():
+                # Forgotten once over, so runs go back to the lock-free path above.
+                del self._paused_until[host]
+                return None
+            return until
+
+    def pause(self, host: str, seconds: float) -> None:
+        until = time.monotonic() + seconds
+        with self._lock:
+            if len(self._paused_until) >= MAX_TRACKED_HOSTS:
+                now = time.monotonic()
+                self._paused_until = {key: end for key, end in self._paused_until.items() if end > now}
+            self._paused_until[host] = max(until, self._paused_until.get(host, until))
+
+
+class Limiter:
+    """Every limit of one run; `acquire` before sending a hop, `release` when it is done with.
+
+    `stop()` ends every wait at once (with Abandoned): a URL still waiting for its turn when
+    the run is interrupted is never sent, not even during the grace period for those in flight.
+    """
+
+    def __init__(self, config: FetchConfig) -> None:
+        self._stopped = threading.Event()
+        self._overall = TokenBucket(config.rate) if config.rate is not None else None
+        self._slots = _HostSlots(config.per_host_concurrency) if config.per_host_concurrency is not None else None
+        self._hosts = _HostTimes(config.per_host_rate)
+        self._pause_hosts = config.pause_hosts
+        self._max_pause = config.max_retry_wait
+
+    @classmethod
+    def for_config(cls, config: FetchConfig) -> Limiter | None:
+        """A limiter when `config` asks for any limit; None (nothing to do per request) otherwise."""
+        wanted = (config.rate, config.per_host_concurrency, config.per_host_rate)
+        if all(value is None for value in wanted) and not config.pause_hosts:
+            return None
+        return cls(config)
+
+    def stop(self) -> None:
+        self._stopped.set()
+
+    def acquire(self, url: str, deadline: float | None) -> str:
+        """Wait until a request to `url` may be sent; return its host key for `release`.
+
+        Order matters: the per-host slot first, so a worker never holds a reserved rate instant
+        while it queues for a slot; the overall token last, so waiting on a slow host does not
+        waste instants other hosts could use. Raises DeadlineExceeded or Abandoned.
+        """
+        host = host_key(url)
+        if self._slots is not None:
+            self._slots.acquire(host, deadline, self._stopped)
+        try:
+            paused = self._hosts.paused_until(host)
+            if paused is not None:
+                sleep_until(paused, deadline, self._stopped)
+            self._take(self._hosts.bucket(host), deadline, self._stopped)
+            self._take(self._overall, deadline, self._stopped)
+        except BaseException:
+            self.release(host)
+            raise
+        return host
+
+    def release(self, host: str | None) -> None:
+        if host is not None and self._slots is not None:
+            self._slots.release(host)
+
+    def observe(self, host: str, status: int, retry_after: str | None) -> None:
+        """With --pause-hosts, a 429/503's Retry-After pauses its host for every worker."""
+        if not self._pause_hosts or status not in PAUSE_STATUSES:
+            return
+        seconds = retry_after_seconds(retry_after)
+        if seconds is not None and seconds > 0:
+            self._hosts.pause(host, min(seconds, self._max_pause))
+
+    @staticmethod
+    def _take(bucket: TokenBucket | None, deadline: float | None, stop: threading.Event) -> None:
+        if bucket is None:
+            return
+        at = bucket.reserve(deadline)
+        if at is None:
+            raise DeadlineExceeded
+        sleep_until(at, deadline, stop)

@@ -1,0 +1,304 @@
+"""Politeness limits (pooledfetch.limits): --rate, --per-host-concurrency, --per-host-rate, --pause-hosts.
+
+The end-to-end tests run against small loopback servers that record when each request
+arrived and left, and how many were in flight at once; the unit tests use an injected clock.
+"""
+
+from __future__ import annotations
+
+import http.server
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from email.utils import formatdate
+
+import pytest
+from click.testing import CliRunner
+from conftest import SERVE_POLL_SECONDS
+from hostile import LOOPBACK, MAX_THREAD_SECONDS
+
+from pooledfetch import FetchConfig, fetch_all
+from pooledfetch.cli import cli
+from pooledfetch.errors import ConfigError
+from pooledfetch.limits import (
+    Abandoned,
+    Limiter,
+    TokenBucket,
+    _HostSlots,
+    host_key,
+    retry_after_seconds,
+    sleep_until,
+)
+from pooledfetch.session import DeadlineExceeded
+
+
+@dataclass
+class Arrival:
+    path: str
+    start: float
+    end: float = 0.0
+
+
+@dataclass
+class Recorder:
+    arrivals: list[Arrival] = field(default_factory=list)
+    in_flight: int = 0
+    peak: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    """`/delay/S` answers after S seconds; `/retry-after/S` is a 429 with `Retry-After: S`; else 200."""
+
+    protocol_version = "HTTP/1.1"
+    server: _RecordingServer
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        record = self.server.record
+        arrival = Arrival(self.path, time.monotonic())
+        with record.lock:
+            record.arrivals.append(arrival)
+            record.in_flight += 1
+            record.peak = max(record.peak, record.in_flight)
+        try:
+            self._answer()
+        finally:
+            with record.lock:
+                record.in_flight -= 1
+                arrival.end = time.monotonic()
+
+    def _answer(self) -> None:
+        status, headers = 200, {}
+        path = self.path.partition("?")[0]
+        if path.startswith("/delay/"):
+            time.sleep(float(path.rsplit("/", 1)[1]))
+        elif path.startswith("/retry-after/"):
+            status, headers = 429, {"Retry-After": path.rsplit("/", 1)[1]}
+        body = b"ok\n"
+        self.send_response(status)
+        for name, value in headers.items():
+            self.send_header(name, value)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+class _RecordingServer(http.server.ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self) -> None:
+        super().__init__((LOOPBACK, 0), _Handler)
+        self.record = Recorder()
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{LOOPBACK}:{self.server_address[1]}"
+
+    def starts(self) -> list[float]:
+        with self.record.lock:
+            return sorted(arrival.start for arrival in self.record.arrivals)
+
+
+def _serve() -> Iterator[_RecordingServer]:
+    server = _RecordingServer()
+    thread = threading.Thread(
+        target=server.serve_forever, kwargs={"poll_interval": SERVE_POLL_SECONDS}, name="test-server", daemon=True
+    )
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(MAX_THREAD_SECONDS)
+
+
+@pytest.fixture
+def server() -> Iterator[_RecordingServer]:
+    yield from _serve()
+
+
+@pytest.fixture
+def other_server() -> Iterator[_RecordingServer]:
+    yield from _serve()
+
+
+def _most_in_one_second(starts: list[float]) -> int:
+    """The largest number of arrivals within any window of one second."""
+    most, first = 0, 0
+    for last, start in enumerate(starts):
+        while start - starts[first] > 1.0:
+            first += 1
+        most = max(most, last - first + 1)
+    return most
+
+
+# --- end to end -------------------------------------------------------------------------------
+
+
+def test_rate_spreads_requests_evenly(server: _RecordingServer) -> None:
+    urls = [f"{server.base_url}/n{i}" for i in range(60)]
+    began = time.monotonic()
+    results = list(fetch_all(urls, FetchConfig(rate=20, workers=8)))
+    elapsed = time.monotonic() - began
+    assert all(result.ok for result in results)
+    assert 2.8 <= elapsed <= 4.0
+    assert _most_in_one_second(server.starts()) <= 22
+
+
+def test_rate_option_on_the_command_line(server: _RecordingServer) -> None:
+    urls = "".join(f"{server.base_url}/n{i}\n" for i in range(20))
+    began = time.monotonic()
+    outcome = CliRunner().invoke(cli, ["-", "-q", "--rate", "20", "-w", "8"], input=urls)
+    elapsed = time.monotonic() - began
+    assert outcome.exit_code == 0, outcome.output
+    assert len(server.starts()) == 20
+    assert 0.9 <= elapsed <= 2.0
+    assert _most_in_one_second(server.starts()) <= 22
+
+
+def test_per_host_concurrency_holds_for_each_host(server: _RecordingServer, other_server: _RecordingServer) -> None:
+    urls = [f"{host.base_url}/delay/0.1?{i}" for i in range(12) for host in (server, other_server)]
+    began = time.monotonic()
+    results = list(fetch_all(urls, FetchConfig(per_host_concurrency=2, workers=16)))
+    elapsed = time.monotonic() - began
+    assert all(result.ok for result in results)
+    assert server.record.peak == 2
+    assert other_server.record.peak == 2
+    # 6 rounds of 0.1 s per host, both hosts at once: not 12 rounds one host after the other.
+    assert 0.55 <= elapsed < 1.2
+
+
+def test_per_host_rate_limits_each_host_independently(server: _RecordingServer, other_server: _RecordingServer) -> None:
+    urls = [f"{host.base_url}/n{i}" for i in range(16) for host in (server, other_server)]
+    began = time.monotonic()
+    results = list(fetch_all(urls, FetchConfig(per_host_rate=10, workers=8)))
+    elapsed = time.monotonic() - began
+    assert all(result.ok for result in results)
+    # 16 requests at 10/s take 1.5 s per host; the two hosts run side by side.
+    assert 1.4 <= elapsed <= 2.5
+    for host in (server, other_server):
+        assert _most_in_one_second(host.starts()) <= 11
+
+
+def test_waiting_for_a_limit_respects_max_time(server: _RecordingServer) -> None:
+    urls = [f"{server.base_url}/n{i}" for i in range(4)]
+    began = time.monotonic()
+    results = list(fetch_all(urls, FetchConfig(per_host_rate=0.5, max_time=0.5, workers=4)))
+    elapsed = time.monotonic() - began
+    assert sorted(result.error for result in results) == ["", "timeout", "timeout", "timeout"]
+    # A wait that would end past the deadline fails at once rather than sleeping into it.
+    assert elapsed < 0.5
+    assert len(server.starts()) == 1
+
+
+def test_retry_after_pauses_only_that_host(server: _RecordingServer, other_server: _RecordingServer) -> None:
+    urls = [f"{server.base_url}/retry-after/2"]
+    for i in range(12):
+        urls += [f"{server.base_url}/n{i}", f"{other_server.base_url}/delay/0.1?{i}"]
+    # Enough workers that those waiting on the paused host leave some free: without fair
+    # scheduling, a worker that picked a paused host's URL waits with it.
+    config = FetchConfig(pause_hosts=True, per_host_concurrency=1, retries=0, workers=16)
+    results = list(fetch_all(urls, config))
+    assert sum(result.status == 429 for result in results) == 1
+    assert sum(result.ok for result in results) == 24
+    refused = next(arrival for arrival in server.record.arrivals if arrival.path.startswith("/retry-after"))
+    later = [arrival.start for arrival in server.record.arrivals if arrival.start > refused.start]
+    assert min(later) - refused.end >= 1.9
+    served_meanwhile = [start for start in other_server.starts() if refused.end < start < refused.end + 1.8]
+    assert len(served_meanwhile) >= 8
+
+
+def test_cancel_ends_waits_for_a_limit_at_once(server: _RecordingServer) -> None:
+    urls = [f"{server.base_url}/n{i}" for i in range(6)]
+    cancel = threading.Event()
+    began = time.monotonic()
+    results = []
+    for result in fetch_all(urls, FetchConfig(rate=2, workers=6), cancel=cancel):
+        results.append(result)
+        cancel.set()
+    elapsed = time.monotonic() - began
+    assert sorted(result.error for result in results) == [""] + ["cancelled"] * 5
+    # Neither the rate's waits (up to 2.5 s) nor the 3 s grace period were sat out.
+    assert elapsed < 0.5
+    assert len(server.starts()) == 1
+
+
+# --- units ------------------------------------------------------------------------------------
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_token_bucket_spaces_reservations_without_burst() -> None:
+    clock = FakeClock()
+    bucket = TokenBucket(4, clock)
+    assert [bucket.reserve() for _ in range(3)] == [100.0, 100.25, 100.5]
+    clock.now = 110.0  # a long idle spell does not save up a burst
+    assert bucket.reserve() == 110.0
+    assert bucket.reserve() == 110.25
+    assert not bucket.idle()
+    clock.now = 111.0
+    assert bucket.idle()
+
+
+def test_token_bucket_reserves_nothing_past_a_deadline() -> None:
+    clock = FakeClock()
+    bucket = TokenBucket(1, clock)
+    assert bucket.reserve(deadline=100.5) == 100.0
+    assert bucket.reserve(deadline=100.5) is None
+    assert bucket.reserve(deadline=101.0) == 101.0  # the refused caller took no instant
+
+
+def test_sleep_until_never_sleeps_past_deadline_or_abandon() -> None:
+    abandon = threading.Event()
+    with pytest.raises(DeadlineExceeded):
+        sleep_until(time.monotonic() + 60, time.monotonic() + 1, abandon)
+    abandon.set()
+    with pytest.raises(Abandoned):
+        sleep_until(time.monotonic() + 60, None, abandon)
+
+
+def test_host_slot_wait_stops_at_the_deadline() -> None:
+    slots = _HostSlots(1)
+    abandon = threading.Event()
+    slots.acquire("a:1", None, abandon)
+    slots.acquire("b:1", None, abandon)  # another host is not held up
+    with pytest.raises(DeadlineExceeded):
+        slots.acquire("a:1", time.monotonic() + 0.05, abandon)
+    slots.release("a:1")
+    slots.acquire("a:1", time.monotonic() + 0.05, abandon)
+
+
+def test_retry_after_values() -> None:
+    now = 1_700_000_000.0
+    assert retry_after_seconds("2", now) == 2.0
+    assert retry_after_seconds(formatdate(now + 30, usegmt=True), now) == pytest.approx(30.0)
+    assert retry_after_seconds(formatdate(now - 30, usegmt=True), now) == 0.0
+    assert retry_after_seconds("soon", now) is None
+    assert retry_after_seconds(None, now) is None
+
+
+def test_host_key_is_host_and_port() -> None:
+    assert host_key("http://user:pw@Example.COM:8080/a") == "example.com:8080"
+    assert host_key("https://example.com/") != host_key("https://example.com:8443/")
+
+
+def test_no_limits_means_no_limiter() -> None:
+    assert Limiter.for_config(FetchConfig()) is None
+    assert Limiter.for_config(FetchConfig(rate=1)) is not None
+
+
+@pytest.mark.parametrize("settings", [{"rate": 0}, {"rate": -1.0}, {"per_host_rate": 0.0}, {"per_host_concurrency": 0}])
+def test_limits_are_validated(settings: dict[str, float]) -> None:
+    with pytest.raises(ConfigError):
+        FetchConfig(**settings)  # type: ignore[arg-type]
