@@ -21,7 +21,7 @@ from urllib3.response import BaseHTTPResponse
 
 from pooledfetch import results as rc
 from pooledfetch.config import FetchConfig
-from pooledfetch.limits import Abandoned, Limiter
+from pooledfetch.limits import Abandoned, HostWindow, Limiter
 from pooledfetch.pools import PoolAccounting, connection_facts, drain_bounded, release
 from pooledfetch.results import Result, classify
 from pooledfetch.session import BadRedirect, DeadlineExceeded, Transport
@@ -82,22 +82,13 @@ def run(
     abandon = threading.Event()
     transport = Transport(config, progress.accounting)
     limiter = Limiter.for_config(config)
-    flight = _InFlight(progress)
+    window = _host_window(targets, config)
+    flight = _InFlight(progress) if window is None else _FairInFlight(progress, window)
     executor = ThreadPoolExecutor(config.workers, thread_name_prefix="pooledfetch")
     for _ in range(config.workers):
         executor.submit(_work, transport, flight.inbox, flight.outbox, abandon, limiter)
     try:
-        for target in targets:
-            if cancel.is_set():
-                if limiter is not None:
-                    limiter.stop()  # URLs waiting for a limit are never sent once the run is cancelled
-                yield _error_result(target, config, rc.CANCELLED, "run interrupted before this URL was sent")
-            elif target.url is None:
-                yield _error_result(target, config, rc.INVALID_URL, target.invalid_reason or "invalid URL")
-            else:
-                flight.submit(target)
-                while len(flight.pending) >= config.max_in_flight and not cancel.is_set():
-                    yield from flight.collect(_POLL_SECONDS)
+        yield from _submit(window or _InputOrder(targets), flight, config, cancel, limiter)
         while flight.pending and not cancel.is_set():
             yield from flight.collect(_POLL_SECONDS)
         if flight.pending:
@@ -112,6 +103,60 @@ def run(
             flight.inbox.put(None)
         executor.shutdown(wait=False, cancel_futures=True)
         transport.close()
+
+
+def _host_window(targets: Iterable[Target], config: FetchConfig) -> HostWindow | None:
+    """A window interleaving the input by host when a per-host limit is set; None otherwise."""
+    if config.per_host_concurrency is None and config.per_host_rate is None and not config.pause_hosts:
+        return None
+    return HostWindow(targets, config.per_host_concurrency)
+
+
+class _InputOrder:
+    """The input as it comes: where targets are taken from when no per-host limit needs a window."""
+
+    # next_ready() gives None only once the input is used up.
+    exhausted = True
+
+    def __init__(self, targets: Iterable[Target]) -> None:
+        self._source = iter(targets)
+
+    def next_ready(self) -> Target | None:
+        return next(self._source, None)
+
+    def drain(self) -> Iterator[Target]:
+        return self._source
+
+
+def _submit(
+    source: HostWindow | _InputOrder,
+    flight: _InFlight,
+    config: FetchConfig,
+    cancel: threading.Event,
+    limiter: Limiter | None,
+) -> Iterator[Result]:
+    """Hand targets to the workers while keeping at most `max_in_flight` of them unconsumed.
+
+    With a host window, only targets whose host has room are sent: when every buffered host is
+    at its limit, results are collected (which frees room) rather than a target sent to wait
+    in a worker. Once cancelled, every target not sent yet gets a `cancelled` row.
+    """
+    while not cancel.is_set():
+        target = source.next_ready()
+        if target is None:
+            if source.exhausted:
+                return
+            yield from flight.collect(_POLL_SECONDS)
+        elif target.url is None:
+            yield _error_result(target, config, rc.INVALID_URL, target.invalid_reason or "invalid URL")
+        else:
+            flight.submit(target)
+            while len(flight.pending) >= config.max_in_flight and not cancel.is_set():
+                yield from flight.collect(_POLL_SECONDS)
+    if limiter is not None:
+        limiter.stop()  # URLs waiting for a limit are never sent once the run is cancelled
+    for target in source.drain():
+        yield _error_result(target, config, rc.CANCELLED, "run interrupted before this URL was sent")
 
 
 _Job = tuple[int, Target]
@@ -189,6 +234,23 @@ class _InFlight:
         self.pending.clear()
         self._progress.in_flight = 0
         return targets
+
+
+class _FairInFlight(_InFlight):
+    """_InFlight that keeps a HostWindow's per-host in-flight counts."""
+
+    def __init__(self, progress: RunProgress, window: HostWindow) -> None:
+        super().__init__(progress)
+        self._window = window
+
+    def submit(self, target: Target) -> None:
+        super().submit(target)
+        self._window.started(target)
+
+    def collect(self, timeout: float) -> Iterator[Result]:
+        for result in super().collect(timeout):
+            self._window.finished(result.index)
+            yield result
 
 
 def _wind_down(

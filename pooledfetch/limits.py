@@ -11,20 +11,22 @@ take no new permit: they are spaced by the retry backoff and `Retry-After`, and 
 the hop's per-host slot.
 
 A `Limiter` exists per run, only when some limit is configured: with none, the engine skips
-this module entirely.
+this module entirely. With a per-host limit, a `HostWindow` also interleaves the input by host,
+so that workers are not all left waiting on one host's limit while other hosts' URLs queue.
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from collections import OrderedDict
-from collections.abc import Callable
+from collections import OrderedDict, deque
+from collections.abc import Callable, Iterable, Iterator
 from email.utils import parsedate_to_datetime
 from urllib.parse import urlsplit
 
 from pooledfetch.config import FetchConfig
 from pooledfetch.session import DeadlineExceeded
+from pooledfetch.sources import Target
 
 Clock = Callable[[], float]
 
@@ -35,6 +37,8 @@ MAX_TRACKED_HOSTS = 10_000
 _SLOT_POLL_SECONDS = 0.1
 # Statuses whose Retry-After pauses the whole host (with --pause-hosts).
 PAUSE_STATUSES = frozenset((429, 503))
+# How many targets a HostWindow reads ahead of the ones sent, to interleave them by host.
+WINDOW = 4096
 
 
 class Abandoned(Exception):
@@ -255,3 +259,124 @@ class Limiter:
         if at is None:
             raise DeadlineExceeded
         sleep_until(at, deadline, stop)
+
+
+class HostWindow:
+    """The input read a bounded look-ahead at a time and handed out round-robin by host.
+
+    A worker waits for its host's limit holding the URL it picked up, so a long run of URLs to
+    one host would otherwise take every worker while other hosts' URLs queue behind it. Up to
+    `size` targets are buffered per host; `next_ready` hands out the next one from a host with
+    fewer than `per_host_concurrency` targets in flight (any host without that limit), in turn.
+
+    Used by the consuming thread only (no locks). The engine tells it when a target is sent
+    (`started`) and when its result is consumed (`finished`). Targets with no URL (invalid
+    lines) are handed out first, whatever the limits: they still get their row.
+    """
+
+    def __init__(self, targets: Iterable[Target], per_host_concurrency: int | None, size: int = WINDOW) -> None:
+        if size < 1:
+            raise ValueError("size must be at least 1")
+        self._source: Iterator[Target] | None = iter(targets)
+        self._limit = per_host_concurrency
+        self._size = size
+        self._buffered = 0
+        self._queues: dict[str, deque[Target]] = {}  # hosts with buffered targets
+        self._turns: deque[str] = deque()  # hosts that may be ready, in round-robin order
+        self._in_turns: set[str] = set()
+        self._invalid: deque[Target] = deque()
+        self._in_flight: dict[str, int] = {}  # per host: targets started and not yet finished
+        self._host_of: dict[int, str] = {}  # per started target's index: its host
+
+    @property
+    def buffered(self) -> int:
+        """How many targets are read from the input and not yet handed out."""
+        return self._buffered
+
+    @property
+    def exhausted(self) -> bool:
+        """True once every target of the input has been handed out."""
+        self._fill()
+        return self._buffered == 0
+
+    def next_ready(self) -> Target | None:
+        """The next target that may be sent now; None if none (all at their limit, or none left)."""
+        self._fill()
+        if self._invalid:
+            self._buffered -= 1
+            return self._invalid.popleft()
+        while self._turns:
+            host = self._turns.popleft()
+            if self._at_limit(host):
+                self._in_turns.discard(host)  # back in turn once one of its targets finishes
+                continue
+            queue = self._queues[host]
+            target = queue.popleft()
+            self._buffered -= 1
+            if queue:
+                self._turns.append(host)
+            else:
+                del self._queues[host]
+                self._in_turns.discard(host)
+            return target
+        return None
+
+    def started(self, target: Target) -> None:
+        """`target` (one handed out by next_ready) was sent to the workers."""
+        if target.url is None:
+            return
+        host = host_key(target.url)
+        self._host_of[target.index] = host
+        self._in_flight[host] = self._in_flight.get(host, 0) + 1
+
+    def finished(self, index: int) -> None:
+        """The result of the started target with this index was consumed."""
+        host = self._host_of.pop(index, None)
+        if host is None:
+            return
+        left = self._in_flight[host] - 1
+        if left:
+            self._in_flight[host] = left
+        else:
+            del self._in_flight[host]
+        if host in self._queues and host not in self._in_turns:
+            self._in_turns.add(host)
+            self._turns.append(host)
+
+    def drain(self) -> Iterator[Target]:
+        """Every target not handed out yet, buffered first, then the rest of the input."""
+        yield from self._invalid
+        self._invalid.clear()
+        for queue in self._queues.values():
+            yield from queue
+        self._queues.clear()
+        self._turns.clear()
+        self._in_turns.clear()
+        self._buffered = 0
+        source, self._source = self._source, None
+        if source is not None:
+            yield from source
+
+    def _at_limit(self, host: str) -> bool:
+        return self._limit is not None and self._in_flight.get(host, 0) >= self._limit
+
+    def _fill(self) -> None:
+        if self._source is None:
+            return
+        while self._buffered < self._size:
+            target = next(self._source, None)
+            if target is None:
+                self._source = None
+                return
+            self._buffered += 1
+            if target.url is None:
+                self._invalid.append(target)
+                continue
+            host = host_key(target.url)
+            queue = self._queues.get(host)
+            if queue is None:
+                queue = self._queues[host] = deque()
+            queue.append(target)
+            if host not in self._in_turns:
+                self._in_turns.add(host)
+                self._turns.append(host)

@@ -18,11 +18,12 @@ from click.testing import CliRunner
 from conftest import SERVE_POLL_SECONDS
 from hostile import LOOPBACK, MAX_THREAD_SECONDS
 
-from pooledfetch import FetchConfig, fetch_all
+from pooledfetch import FetchConfig, engine, fetch_all
 from pooledfetch.cli import cli
 from pooledfetch.errors import ConfigError
 from pooledfetch.limits import (
     Abandoned,
+    HostWindow,
     Limiter,
     TokenBucket,
     _HostSlots,
@@ -30,7 +31,9 @@ from pooledfetch.limits import (
     retry_after_seconds,
     sleep_until,
 )
+from pooledfetch.results import Result
 from pooledfetch.session import DeadlineExceeded
+from pooledfetch.sources import Target
 
 
 @dataclass
@@ -302,3 +305,127 @@ def test_no_limits_means_no_limiter() -> None:
 def test_limits_are_validated(settings: dict[str, float]) -> None:
     with pytest.raises(ConfigError):
         FetchConfig(**settings)  # type: ignore[arg-type]
+
+
+# --- fair scheduling: the host window ---------------------------------------------------------
+
+
+@pytest.fixture
+def small_servers() -> Iterator[list[_RecordingServer]]:
+    serving = [_serve() for _ in range(3)]
+    try:
+        yield [next(each) for each in serving]
+    finally:
+        for each in serving:
+            each.close()
+
+
+def _small_hosts_done_after(results: list[Result], big: int) -> int:
+    """How many of the first `big` rows (the big host's) had finished when the last other row did."""
+    big_done = last_small = 0
+    for result in results:
+        if result.index < big:
+            big_done += 1
+        else:
+            last_small = big_done
+    return last_small
+
+
+def test_small_hosts_are_not_stuck_behind_a_big_one(
+    server: _RecordingServer, small_servers: list[_RecordingServer]
+) -> None:
+    big = [f"{server.base_url}/delay/0.01?{i}" for i in range(400)]
+    small = [f"{host.base_url}/delay/0.01?{i}" for host in small_servers for i in range(10)]
+    results = list(fetch_all(big + small, FetchConfig(per_host_concurrency=2, workers=8)))
+    assert all(result.ok for result in results)
+    assert sorted(result.index for result in results) == list(range(len(big) + len(small)))
+    assert server.record.peak == 2
+    # Without the window, the small hosts' URLs are only read once ~390 of the big host's are done.
+    assert _small_hosts_done_after(results, len(big)) < len(big) * 0.2
+
+
+def _targets(hosts: str, counted: list[int]) -> Iterator[Target]:
+    """One target per letter of `hosts` (its host), counting how many were read in `counted`."""
+    for index, host in enumerate(hosts):
+        counted[0] += 1
+        url = None if host == "-" else f"http://{host}.test/{index}"
+        yield Target(index, url or "not a url", url, None if url else "invalid")
+
+
+def test_window_never_buffers_more_than_its_size() -> None:
+    read = [0]
+    window = HostWindow(_targets("a" * 1000 + "bc" * 50, read), per_host_concurrency=2, size=64)
+    in_flight: list[Target] = []  # a fake engine: started, result not yet consumed
+    handed = 0
+    while not window.exhausted:
+        target = window.next_ready()
+        if target is None:
+            # Every buffered host at its limit: consume the oldest result.
+            window.finished(in_flight.pop(0).index)
+            continue
+        window.started(target)
+        in_flight.append(target)
+        handed += 1
+        assert len([t for t in in_flight if t.url and "a.test" in t.url]) <= 2
+        assert window.buffered <= 64
+        assert read[0] - handed == window.buffered  # read from the input = handed out + buffered
+    assert read[0] == handed == 1100
+
+
+def test_window_hands_out_round_robin_within_limits() -> None:
+    read = [0]
+    window = HostWindow(_targets("aaaaab-ac", read), per_host_concurrency=2, size=4)
+    assert read[0] == 0  # nothing read before it is asked for
+    first = [window.next_ready() for _ in range(3)]
+    assert read[0] == 4 + 2  # the window's worth, topped up as targets are handed out
+    hosts = [host_key(t.url) if t and t.url else None for t in first]
+    assert hosts == ["a.test", "a.test", "a.test"]  # no limit counted until started
+    window = HostWindow(_targets("aaaaab-ac", [0]), per_host_concurrency=2, size=8)
+    got = []
+    while (target := window.next_ready()) is not None:
+        window.started(target)
+        got.append(target)
+    # The invalid line first, then a, b and c in turn, a again, and a is then at its limit.
+    assert [t.raw if t.url is None else host_key(t.url)[0] for t in got] == ["not a url", "a", "b", "c", "a"]
+    assert not window.exhausted and window.buffered == 4  # the other four of host a
+    window.finished(got[1].index)
+    target = window.next_ready()
+    assert target is not None and target.url is not None and host_key(target.url) == "a.test"
+    window.started(target)
+    assert window.next_ready() is None
+
+
+def test_window_drain_gives_back_everything_not_handed_out() -> None:
+    read = [0]
+    window = HostWindow(_targets("ab" * 20, read), per_host_concurrency=1, size=8)
+    handed = [window.next_ready(), window.next_ready()]
+    rest = list(window.drain())
+    assert sorted([t.index for t in rest] + [t.index for t in handed if t]) == list(range(40))
+    assert window.exhausted and window.next_ready() is None
+
+
+def test_cancel_with_a_buffered_window_gives_one_row_per_line(server: _RecordingServer) -> None:
+    urls = [f"{server.base_url}/delay/0.2?{i}" for i in range(300)] + ["not a url"] * 3
+    cancel = threading.Event()
+    results = []
+    for result in fetch_all(urls, FetchConfig(per_host_concurrency=2, workers=8), cancel=cancel):
+        results.append(result)
+        cancel.set()
+    assert sorted(result.index for result in results) == list(range(len(urls)))
+    errors = [result.error for result in results]
+    assert errors.count("cancelled") >= len(urls) - 4
+    assert len(server.starts()) <= 2
+
+
+def test_no_per_host_limit_takes_the_old_path(server: _RecordingServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_window(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a HostWindow was created without a per-host limit")
+
+    monkeypatch.setattr(engine, "HostWindow", no_window)
+    urls = [f"{server.base_url}/n{i}" for i in range(5)]
+    assert all(result.ok for result in fetch_all(urls, FetchConfig(workers=2)))
+    assert all(result.ok for result in fetch_all(urls, FetchConfig(rate=100, workers=2)))
+    assert engine._host_window(iter(()), FetchConfig(rate=100)) is None
+    for limit in ({"per_host_concurrency": 1}, {"per_host_rate": 5.0}, {"pause_hosts": True}):
+        monkeypatch.undo()
+        assert engine._host_window(iter(()), FetchConfig(**limit)) is not None  # type: ignore[arg-type]
