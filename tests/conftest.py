@@ -19,11 +19,12 @@ An autouse fixture removes proxy variables from the environment, so no request l
 from __future__ import annotations
 
 import socket
+import socketserver
 import ssl
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 import trustme
@@ -50,7 +51,10 @@ def _no_proxy_environment(monkeypatch: pytest.MonkeyPatch) -> None:
 SERVE_POLL_SECONDS = 0.02
 
 
-def serving(server: DemoServer) -> Iterator[DemoServer]:
+ServerT = TypeVar("ServerT", bound=socketserver.BaseServer)
+
+
+def serving(server: ServerT) -> Iterator[ServerT]:
     """Run `server` in a daemon thread (quick to shut down) and stop it afterwards."""
     thread = threading.Thread(
         target=server.serve_forever, kwargs={"poll_interval": SERVE_POLL_SECONDS}, name="test-server", daemon=True
@@ -59,7 +63,8 @@ def serving(server: DemoServer) -> Iterator[DemoServer]:
     try:
         yield server
     finally:
-        server.stop()
+        server.shutdown()
+        server.server_close()
         thread.join(MAX_THREAD_SECONDS)
 
 

@@ -15,8 +15,8 @@ from email.utils import formatdate
 
 import pytest
 from click.testing import CliRunner
-from conftest import SERVE_POLL_SECONDS
-from hostile import LOOPBACK, MAX_THREAD_SECONDS
+from conftest import serving
+from hostile import LOOPBACK
 
 from pooledfetch import FetchConfig, engine, fetch_all
 from pooledfetch.cli import cli
@@ -106,28 +106,14 @@ class _RecordingServer(http.server.ThreadingHTTPServer):
             return sorted(arrival.start for arrival in self.record.arrivals)
 
 
-def _serve() -> Iterator[_RecordingServer]:
-    server = _RecordingServer()
-    thread = threading.Thread(
-        target=server.serve_forever, kwargs={"poll_interval": SERVE_POLL_SECONDS}, name="test-server", daemon=True
-    )
-    thread.start()
-    try:
-        yield server
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(MAX_THREAD_SECONDS)
-
-
 @pytest.fixture
 def server() -> Iterator[_RecordingServer]:
-    yield from _serve()
+    yield from serving(_RecordingServer())
 
 
 @pytest.fixture
 def other_server() -> Iterator[_RecordingServer]:
-    yield from _serve()
+    yield from serving(_RecordingServer())
 
 
 def _most_in_one_second(starts: list[float]) -> int:
@@ -312,11 +298,11 @@ def test_limits_are_validated(settings: dict[str, float]) -> None:
 
 @pytest.fixture
 def small_servers() -> Iterator[list[_RecordingServer]]:
-    serving = [_serve() for _ in range(3)]
+    running = [serving(_RecordingServer()) for _ in range(3)]
     try:
-        yield [next(each) for each in serving]
+        yield [next(each) for each in running]
     finally:
-        for each in serving:
+        for each in running:
             each.close()
 
 
