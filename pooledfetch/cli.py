@@ -52,7 +52,14 @@ def _size(value: str) -> int:
 def _header(value: str) -> tuple[str, str]:
     name, colon, rest = value.partition(":")
     if not colon or not name.strip():
-        raise click.BadParameter(f"{value!r} is not 'Name: value' (use 'Name:' to remove a default header)")
+        raise click.BadParameter(f"-H {value!r} is not 'Name: value' (use 'Name:' to remove a default header)")
+    return name.strip(), rest.strip()
+
+
+def _cookie(value: str) -> tuple[str, str]:
+    name, equals, rest = value.partition("=")
+    if not equals or not name.strip():
+        raise click.BadParameter(f"--cookie {value!r} is not 'name=value'")
     return name.strip(), rest.strip()
 
 
@@ -106,7 +113,14 @@ def _graceful_interrupts(cancel: threading.Event) -> Iterator[None]:
             signal.signal(sig, old)
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.command(
+    context_settings={
+        "help_option_names": ["-h", "--help"],
+        "max_content_width": 100,
+        # Every option can also be set as POOLEDFETCH_<OPTION>, e.g. POOLEDFETCH_POOL_MAXSIZE=50.
+        "auto_envvar_prefix": "POOLEDFETCH",
+    }
+)
 @click.argument("inputs", nargs=-1, type=click.Path(exists=True, dir_okay=False, allow_dash=True))
 @click.option("--demo", is_flag=True, help="Start the built-in local server and fetch the sample list from it.")
 @click.option(
@@ -235,6 +249,16 @@ def _graceful_interrupts(cancel: threading.Event) -> Iterator[None]:
 @click.option("-A", "--user-agent", default=cfg.DEFAULT_USER_AGENT, show_default=True)
 @click.option("--max-redirects", type=click.IntRange(min=0), default=cfg.DEFAULT_MAX_REDIRECTS, show_default=True)
 @click.option("--no-follow", is_flag=True, help="Do not follow redirects: report the 3xx itself.")
+@click.option(
+    "-b",
+    "--cookie",
+    "cookies",
+    multiple=True,
+    metavar="'NAME=VALUE'",
+    help="Send this cookie with every request (never to another host on a redirect). Repeatable.",
+)
+@click.option("--cert", "client_cert", type=click.Path(dir_okay=False), help="Client certificate (PEM) for TLS.")
+@click.option("--key", "client_key", type=click.Path(dir_okay=False), help="Private key of --cert, if not in it.")
 @click.option("-k", "--insecure", is_flag=True, help="Do not verify TLS certificates.")
 @click.option(
     "--ca-bundle", type=click.Path(exists=True), help="CA certificates (file or directory) to verify TLS with."
@@ -347,6 +371,9 @@ def _run(options: dict[str, Any]) -> ExitCode:
                 per_host_concurrency=options["per_host_concurrency"],
                 per_host_rate=options["per_host_rate"],
                 pause_hosts=options["pause_hosts"],
+                cookies=tuple(_cookie(value) for value in options["cookies"]),
+                client_cert=options["client_cert"],
+                client_key=options["client_key"],
             )
         except ConfigError as exc:
             raise click.UsageError(str(exc)) from None

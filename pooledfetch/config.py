@@ -61,6 +61,10 @@ class FetchConfig:
     per_host_concurrency: int | None = None
     per_host_rate: float | None = None
     pause_hosts: bool = False
+    # Sent with every request: (name, value) cookies, and a client certificate (and its key).
+    cookies: tuple[tuple[str, str], ...] = ()
+    client_cert: str | None = None
+    client_key: str | None = None
 
     def __post_init__(self) -> None:
         if self.pool_maxsize < 1:
@@ -74,6 +78,13 @@ class FetchConfig:
     def max_in_flight(self) -> int:
         """Targets submitted but not yet consumed: bounded so memory stays flat."""
         return 2 * self.workers
+
+    @property
+    def client_certificate(self) -> str | tuple[str, str] | None:
+        """The certificate in the form requests takes: a path, or (certificate, key)."""
+        if self.client_cert is not None and self.client_key is not None:
+            return (self.client_cert, self.client_key)
+        return self.client_cert
 
     @property
     def timeout(self) -> tuple[float, float]:
@@ -122,6 +133,14 @@ class FetchConfig:
                 )
         if self.ca_bundle is not None and not os.path.exists(self.ca_bundle):
             raise ConfigError(f"--ca-bundle {self.ca_bundle!r} does not exist")
+        for option, path in (("--cert", self.client_cert), ("--key", self.client_key)):
+            if path is not None and not os.path.isfile(path):
+                raise ConfigError(f"{option} {path!r} is not a file")
+        if self.client_key is not None and self.client_cert is None:
+            raise ConfigError("--key needs --cert: the client certificate it belongs to")
+        for name, value in self.cookies:
+            if not _TOKEN.match(name) or any(ch in value for ch in ";\r\n\0"):
+                raise ConfigError(f"cookie {name!r} is not valid: use --cookie 'name=value'")
 
 
 def _option(field_name: str) -> str:

@@ -107,6 +107,8 @@ def build_headers(config: FetchConfig) -> CaseInsensitiveDict[str | bytes]:
             "Connection": "keep-alive",
         }
     )
+    if config.cookies:
+        headers["Cookie"] = "; ".join(f"{name}={value}" for name, value in config.cookies)
     for name, value in config.headers:
         if value:
             headers[name] = value
@@ -185,7 +187,9 @@ class Transport:
         # TLS settings of a pool (cert_reqs, ca_certs) depend on --insecure/--ca-bundle only, not the URL.
         probe = requests.PreparedRequest()
         probe.prepare_url("https://pool-settings.invalid/", None)
-        self._pool_kwargs = self.adapter.build_connection_pool_key_attributes(probe, self.verify, None)[1]
+        self._pool_kwargs = self.adapter.build_connection_pool_key_attributes(
+            probe, self.verify, config.client_certificate
+        )[1]
         # Read once: requests would re-read ~/.netrc for every request (and by default at all).
         self._netrc = _load_netrc() if config.netrc else None
         self.env_proxies = {
@@ -263,7 +267,9 @@ class Transport:
         self.deadlines.set(deadline)
         proxies = self.proxies_for(prepared.url)
         if proxies:
-            pool = self.adapter.get_connection_with_tls_context(prepared, self.verify, proxies=proxies)
+            pool = self.adapter.get_connection_with_tls_context(
+                prepared, self.verify, proxies=proxies, cert=self.config.client_certificate
+            )
             target = self.adapter.request_url(prepared, proxies)
         else:
             # What get_connection_with_tls_context does without a proxy, with one URL parse

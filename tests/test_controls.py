@@ -1,0 +1,120 @@
+"""Controls power users expect: options from the environment, cookies, client certificates, completion."""
+
+from __future__ import annotations
+
+import os
+import ssl
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import trustme
+from click.testing import CliRunner
+from conftest import LOOPBACK, TLSDemoServer, serving
+from hostile import cli_command
+from pytest_httpserver import HTTPServer
+from werkzeug import Request, Response
+
+from pooledfetch.cli import cli
+from pooledfetch.errors import ExitCode
+
+
+def _recording(httpserver: HTTPServer) -> list[Request]:
+    seen: list[Request] = []
+
+    def record(request: Request) -> Response:
+        seen.append(request)
+        return Response("ok")
+
+    httpserver.expect_request("/seen").respond_with_handler(record)
+    return seen
+
+
+def _url_file(tmp_path: Path, url: str) -> str:
+    path = tmp_path / "urls.txt"
+    path.write_text(url + "\n")
+    return str(path)
+
+
+def test_options_come_from_the_environment_and_the_command_line_wins(httpserver: HTTPServer, tmp_path: Path) -> None:
+    seen = _recording(httpserver)
+    urls = _url_file(tmp_path, httpserver.url_for("/seen"))
+    env = {"POOLEDFETCH_USER_AGENT": "from-env/1", "POOLEDFETCH_QUIET": "1"}
+
+    from_env = CliRunner(env=env).invoke(cli, [urls])
+    overridden = CliRunner(env=env).invoke(cli, [urls, "-A", "from-flag/2"])
+
+    assert (from_env.exit_code, overridden.exit_code) == (0, 0)
+    assert from_env.stdout == ""  # POOLEDFETCH_QUIET
+    assert [request.headers["User-Agent"] for request in seen] == ["from-env/1", "from-flag/2"]
+
+
+def test_cookies_are_sent_with_every_request(httpserver: HTTPServer, tmp_path: Path) -> None:
+    seen = _recording(httpserver)
+    result = CliRunner().invoke(
+        cli, [_url_file(tmp_path, httpserver.url_for("/seen")), "-q", "-b", "a=1", "-b", "b=two"]
+    )
+    assert result.exit_code == 0
+    assert seen[0].headers["Cookie"] == "a=1; b=two"
+
+
+@pytest.mark.parametrize("cookie", ["no-equals-sign", "=value", "a=1; b=2"])
+def test_a_malformed_cookie_is_a_usage_error(tmp_path: Path, cookie: str) -> None:
+    result = CliRunner().invoke(cli, [_url_file(tmp_path, "http://127.0.0.1:9/"), "--cookie", cookie])
+    assert result.exit_code == ExitCode.USAGE
+    assert "cookie" in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.fixture
+def mutual_tls_server(tls_ca: trustme.CA) -> Iterator[TLSDemoServer]:
+    """A TLS server that accepts only clients with a certificate from `tls_ca`."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    tls_ca.issue_cert(LOOPBACK, "localhost").configure_cert(context)
+    context.verify_mode = ssl.CERT_REQUIRED
+    tls_ca.configure_trust(context)
+    yield from serving(TLSDemoServer(context))
+
+
+@pytest.mark.parametrize("key_apart", [False, True], ids=["cert-with-key", "cert-and-key"])
+def test_a_client_certificate_opens_a_server_that_requires_one(
+    mutual_tls_server: TLSDemoServer, tls_ca: trustme.CA, ca_pem: str, tmp_path: Path, key_apart: bool
+) -> None:
+    client = tls_ca.issue_cert("pooledfetch-client@example.test")
+    cert = tmp_path / "client.pem"
+    key = tmp_path / "client.key"
+    if key_apart:
+        client.cert_chain_pems[0].write_to_path(str(cert))
+        client.private_key_pem.write_to_path(str(key))
+        credentials = ["--cert", str(cert), "--key", str(key)]
+    else:
+        client.private_key_and_cert_chain_pem.write_to_path(str(cert))
+        credentials = ["--cert", str(cert)]
+    urls = _url_file(tmp_path, f"{mutual_tls_server.base_url}/get")
+    base = [urls, "-o", "-", "--ca-bundle", ca_pem, "--retries", "0", "--timeout", "5"]
+
+    refused = CliRunner().invoke(cli, base)
+    admitted = CliRunner().invoke(cli, [*base, *credentials])
+
+    assert refused.exit_code == ExitCode.SOME_FAILED
+    assert '"error": "ssl"' in refused.stdout or '"error": "protocol"' in refused.stdout
+    assert admitted.exit_code == ExitCode.OK, admitted.stdout + admitted.stderr
+    assert '"status": 200' in admitted.stdout
+
+
+def test_key_without_cert_is_a_usage_error(tmp_path: Path) -> None:
+    key = tmp_path / "client.key"
+    key.write_text("not used")
+    result = CliRunner().invoke(cli, [_url_file(tmp_path, "http://127.0.0.1:9/"), "--key", str(key)])
+    assert result.exit_code == ExitCode.USAGE
+    assert "--key needs --cert" in result.stderr
+
+
+@pytest.mark.parametrize(
+    "shell, marker", [("bash", "complete -o"), ("zsh", "compdef"), ("fish", "complete --no-files --command")]
+)
+def test_shell_completion_scripts(shell: str, marker: str) -> None:
+    env = {**os.environ, "_POOLEDFETCH_COMPLETE": f"{shell}_source"}
+    done = subprocess.run([cli_command()], env=env, capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0
+    assert marker in done.stdout and "pooledfetch" in done.stdout
