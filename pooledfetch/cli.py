@@ -259,6 +259,8 @@ def _graceful_interrupts(cancel: threading.Event) -> Iterator[None]:
 )
 @click.option("--cert", "client_cert", type=click.Path(dir_okay=False), help="Client certificate (PEM) for TLS.")
 @click.option("--key", "client_key", type=click.Path(dir_okay=False), help="Private key of --cert, if not in it.")
+@click.option("-x", "--proxy", metavar="URL", help="Send every request through this HTTP(S) proxy.")
+@click.option("--no-env-proxy", is_flag=True, help="Ignore HTTP_PROXY/HTTPS_PROXY/NO_PROXY from the environment.")
 @click.option("-k", "--insecure", is_flag=True, help="Do not verify TLS certificates.")
 @click.option(
     "--ca-bundle", type=click.Path(exists=True), help="CA certificates (file or directory) to verify TLS with."
@@ -374,6 +376,8 @@ def _run(options: dict[str, Any]) -> ExitCode:
                 cookies=tuple(_cookie(value) for value in options["cookies"]),
                 client_cert=options["client_cert"],
                 client_key=options["client_key"],
+                proxy=options["proxy"],
+                env_proxy=not options["no_env_proxy"],
             )
         except ConfigError as exc:
             raise click.UsageError(str(exc)) from None

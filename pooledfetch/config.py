@@ -65,6 +65,9 @@ class FetchConfig:
     cookies: tuple[tuple[str, str], ...] = ()
     client_cert: str | None = None
     client_key: str | None = None
+    # An explicit proxy for every request; otherwise HTTP(S)_PROXY/NO_PROXY unless env_proxy is off.
+    proxy: str | None = None
+    env_proxy: bool = True
 
     def __post_init__(self) -> None:
         if self.pool_maxsize < 1:
@@ -138,6 +141,10 @@ class FetchConfig:
                 raise ConfigError(f"{option} {path!r} is not a file")
         if self.client_key is not None and self.client_cert is None:
             raise ConfigError("--key needs --cert: the client certificate it belongs to")
+        if self.proxy is not None:
+            parts = urlsplit(self.proxy)
+            if parts.scheme not in FETCHABLE_SCHEMES or not parts.hostname:
+                raise ConfigError(f"--proxy {self.proxy!r} must be an http:// or https:// URL with a host")
         for name, value in self.cookies:
             if not _TOKEN.match(name) or any(ch in value for ch in ";\r\n\0"):
                 raise ConfigError(f"cookie {name!r} is not valid: use --cookie 'name=value'")

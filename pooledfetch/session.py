@@ -192,9 +192,12 @@ class Transport:
         )[1]
         # Read once: requests would re-read ~/.netrc for every request (and by default at all).
         self._netrc = _load_netrc() if config.netrc else None
-        self.env_proxies = {
-            scheme: url for scheme, url in urllib.request.getproxies().items() if scheme in ("http", "https", "all")
-        }
+        # Read once: an explicit --proxy beats the environment, and --no-env-proxy ignores it.
+        self.env_proxies = (
+            {scheme: url for scheme, url in urllib.request.getproxies().items() if scheme in ("http", "https", "all")}
+            if config.env_proxy and config.proxy is None
+            else {}
+        )
 
     def _retry(self) -> CappedRetry:
         retry = CappedRetry(
@@ -212,6 +215,8 @@ class Transport:
         return retry
 
     def proxies_for(self, url: str) -> dict[str, str]:
+        if self.config.proxy is not None:
+            return {urlsplit(url).scheme: self.config.proxy}
         if not self.env_proxies or should_bypass_proxies(url, no_proxy=None):
             return {}
         proxy = select_proxy(url, self.env_proxies)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.server
 import os
 import ssl
 import subprocess
@@ -118,3 +119,72 @@ def test_shell_completion_scripts(shell: str, marker: str) -> None:
     done = subprocess.run([cli_command()], env=env, capture_output=True, text=True, timeout=30)
     assert done.returncode == 0
     assert marker in done.stdout and "pooledfetch" in done.stdout
+
+
+class _RecordingProxy(http.server.ThreadingHTTPServer):
+    """A forward proxy that answers every request itself and remembers the request line's target."""
+
+    daemon_threads = True
+
+    def __init__(self) -> None:
+        super().__init__((LOOPBACK, 0), _ProxyHandler)
+        self.targets: list[str] = []
+
+    @property
+    def url(self) -> str:
+        return f"http://{LOOPBACK}:{self.server_address[1]}"
+
+
+class _ProxyHandler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: _RecordingProxy
+
+    def do_GET(self) -> None:
+        self.server.targets.append(self.path)  # absolute-form: http://host:port/path
+        body = b"via proxy\n"
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: object) -> None:
+        """Quiet."""
+
+
+@pytest.fixture
+def proxy() -> Iterator[_RecordingProxy]:
+    yield from serving(_RecordingProxy())
+
+
+def test_proxy_option_sends_every_request_through_the_proxy(
+    proxy: _RecordingProxy, httpserver: HTTPServer, tmp_path: Path
+) -> None:
+    seen = _recording(httpserver)
+    target = httpserver.url_for("/seen")
+    result = CliRunner().invoke(cli, [_url_file(tmp_path, target), "-q", "--proxy", proxy.url])
+    assert result.exit_code == 0
+    assert proxy.targets == [target]
+    assert seen == []  # the target itself was never contacted
+
+
+def test_environment_proxy_is_used_unless_no_env_proxy(
+    proxy: _RecordingProxy, httpserver: HTTPServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen = _recording(httpserver)
+    target = httpserver.url_for("/seen")
+    monkeypatch.setenv("HTTP_PROXY", proxy.url)
+    monkeypatch.setenv("http_proxy", proxy.url)
+    urls = _url_file(tmp_path, target)
+
+    through_env = CliRunner().invoke(cli, [urls, "-q"])
+    direct = CliRunner().invoke(cli, [urls, "-q", "--no-env-proxy"])
+
+    assert (through_env.exit_code, direct.exit_code) == (0, 0)
+    assert proxy.targets == [target]
+    assert len(seen) == 1
+
+
+def test_a_proxy_that_is_not_an_http_url_is_a_usage_error(tmp_path: Path) -> None:
+    result = CliRunner().invoke(cli, [_url_file(tmp_path, "http://127.0.0.1:9/"), "--proxy", "socks5://127.0.0.1:1"])
+    assert result.exit_code == ExitCode.USAGE
+    assert "--proxy" in result.stderr
