@@ -63,6 +63,15 @@ def _cookie(value: str) -> tuple[str, str]:
     return name.strip(), rest.strip()
 
 
+def _save_dir(path: str | None) -> str | None:
+    if path is not None:
+        try:
+            os.makedirs(path, exist_ok=True)
+        except OSError as exc:
+            raise click.BadParameter(f"--save-dir {path!r}: {exc.strerror or exc}") from None
+    return path
+
+
 def _statuses(value: str) -> tuple[int, ...]:
     try:
         return tuple(int(part) for part in value.split(",") if part.strip())
@@ -259,6 +268,11 @@ def _graceful_interrupts(cancel: threading.Event) -> Iterator[None]:
 )
 @click.option("--cert", "client_cert", type=click.Path(dir_okay=False), help="Client certificate (PEM) for TLS.")
 @click.option("--key", "client_key", type=click.Path(dir_okay=False), help="Private key of --cert, if not in it.")
+@click.option(
+    "--save-dir",
+    type=click.Path(file_okay=False),
+    help="Save each body in this directory (created if missing), named by index, host and path.",
+)
 @click.option("-x", "--proxy", metavar="URL", help="Send every request through this HTTP(S) proxy.")
 @click.option("--no-env-proxy", is_flag=True, help="Ignore HTTP_PROXY/HTTPS_PROXY/NO_PROXY from the environment.")
 @click.option("-k", "--insecure", is_flag=True, help="Do not verify TLS certificates.")
@@ -377,6 +391,7 @@ def _run(options: dict[str, Any]) -> ExitCode:
                 client_cert=options["client_cert"],
                 client_key=options["client_key"],
                 proxy=options["proxy"],
+                save_dir=_save_dir(options["save_dir"]),
                 env_proxy=not options["no_env_proxy"],
             )
         except ConfigError as exc:

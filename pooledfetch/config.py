@@ -68,6 +68,8 @@ class FetchConfig:
     # An explicit proxy for every request; otherwise HTTP(S)_PROXY/NO_PROXY unless env_proxy is off.
     proxy: str | None = None
     env_proxy: bool = True
+    # A directory (existing) to save each body in; None saves nothing.
+    save_dir: str | None = None
 
     def __post_init__(self) -> None:
         if self.pool_maxsize < 1:
@@ -141,6 +143,8 @@ class FetchConfig:
                 raise ConfigError(f"{option} {path!r} is not a file")
         if self.client_key is not None and self.client_cert is None:
             raise ConfigError("--key needs --cert: the client certificate it belongs to")
+        if self.save_dir is not None and not os.path.isdir(self.save_dir):
+            raise ConfigError(f"--save-dir {self.save_dir!r} is not a directory")
         if self.proxy is not None:
             parts = urlsplit(self.proxy)
             if parts.scheme not in FETCHABLE_SCHEMES or not parts.hostname:

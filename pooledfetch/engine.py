@@ -24,6 +24,7 @@ from pooledfetch.config import FetchConfig
 from pooledfetch.limits import Abandoned, HostWindow, Limiter
 from pooledfetch.pools import PoolAccounting, connection_facts, drain_bounded, release
 from pooledfetch.results import Result, classify
+from pooledfetch.saving import BodyFile, SaveError
 from pooledfetch.session import BadRedirect, DeadlineExceeded, Transport
 from pooledfetch.sources import Target, iter_targets
 from pooledfetch.text import mask_credentials
@@ -319,6 +320,8 @@ def fetch_one(transport: Transport, target: Target, abandon: threading.Event, li
             redirects += 1
         ttfb_ms = _ms_since(start)
         if not error:
+            if config.save_dir is not None:
+                body.file = BodyFile(config.save_dir, target.index, final_url)
             _read_body(raw, config.max_bytes, abandon, body, deadline)
         if deadline is not None and time.monotonic() >= deadline:
             # A head or body cut short by the watchdog can look complete to http.client.
@@ -335,6 +338,8 @@ def fetch_one(transport: Transport, target: Target, abandon: threading.Event, li
         detail = "run interrupted while waiting for a rate or host limit"
     except BadRedirect as exc:
         error, detail = rc.BAD_REDIRECT, str(exc)
+    except SaveError as exc:
+        error, detail = rc.SAVE, str(exc)
     except Exception as exc:  # noqa: BLE001 - every failure becomes a classified row
         error, detail = classify(exc)
         if _retries_exhausted(exc):
@@ -343,6 +348,7 @@ def fetch_one(transport: Transport, target: Target, abandon: threading.Event, li
             # The watchdog cut the connection, or the last retry ran into the deadline.
             error, detail = rc.TIMEOUT, f"--max-time {config.max_time:g}s exceeded ({detail})"
     finally:
+        saved_path, error, detail = _finish_saving(body.file, error, detail)
         transport.deadlines.disarm()
         if raw is not None:
             # A fully read response already gave its connection back; one with unread body closes it.
@@ -370,16 +376,32 @@ def fetch_one(transport: Transport, target: Target, abandon: threading.Event, li
         conn_reused=reused,
         connect_ms=round(connect_ms, 3) if reused is not None else None,
         pool_wait_ms=round(pool_wait_ms, 3) if reused is not None else None,
+        saved_path=saved_path,
     )
 
 
-class _BodyProgress:
-    """Bytes counted so far, kept outside the read loop so a failed read still reports them."""
+def _finish_saving(file: BodyFile | None, error: str, detail: str) -> tuple[str, str, str]:
+    """(saved path, error, detail): a whole body keeps its file, anything less leaves none."""
+    if file is None:
+        return "", error, detail
+    if error:
+        file.discard()
+        return "", error, detail
+    try:
+        return file.commit(), error, detail
+    except SaveError as exc:
+        return "", rc.SAVE, str(exc)
 
-    __slots__ = ("received",)
+
+class _BodyProgress:
+    """Bytes counted so far, kept outside the read loop so a failed read still reports them,
+    and the file the body is being saved to (--save-dir)."""
+
+    __slots__ = ("received", "file")
 
     def __init__(self) -> None:
         self.received = 0
+        self.file: BodyFile | None = None
 
 
 def _read_body(
@@ -401,6 +423,8 @@ def _read_body(
         body.received += len(chunk)
         if body.received > max_bytes or raw.tell() > max_bytes:
             raise _BodyTooLarge
+        if body.file is not None:
+            body.file.write(chunk)
         if plain and raw.closed:
             break
         if abandon.is_set():

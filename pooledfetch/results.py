@@ -22,6 +22,7 @@ BAD_REDIRECT = "bad_redirect"
 BODY_TOO_LARGE = "body_too_large"
 PROTOCOL = "protocol"
 DECODE = "decode"
+SAVE = "save"
 CANCELLED = "cancelled"
 INTERRUPTED = "interrupted"
 OTHER = "other"
@@ -57,6 +58,8 @@ class Result:
     conn_reused: bool | None = None
     connect_ms: float | None = None
     pool_wait_ms: float | None = None
+    # Appended in 1.2: where --save-dir put the body ("" when it was not saved).
+    saved_path: str = ""
 
     @property
     def got_response(self) -> bool:
