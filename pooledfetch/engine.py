@@ -82,7 +82,7 @@ def run(
     progress = progress or RunProgress()
     abandon = threading.Event()
     transport = Transport(config, progress.accounting)
-    limiter = Limiter.for_config(config)
+    limiter = Limiter.for_config(config, progress.accounting)
     window = _host_window(targets, config)
     flight = _InFlight(progress) if window is None else _FairInFlight(progress, window)
     executor = ThreadPoolExecutor(config.workers, thread_name_prefix="pooledfetch")

@@ -25,6 +25,7 @@ from email.utils import parsedate_to_datetime
 from urllib.parse import urlsplit
 
 from pooledfetch.config import FetchConfig
+from pooledfetch.pools import PoolAccounting
 from pooledfetch.session import DeadlineExceeded
 from pooledfetch.sources import Target
 
@@ -199,7 +200,8 @@ class Limiter:
     the run is interrupted is never sent, not even during the grace period for those in flight.
     """
 
-    def __init__(self, config: FetchConfig) -> None:
+    def __init__(self, config: FetchConfig, accounting: PoolAccounting | None = None) -> None:
+        self._accounting = accounting
         self._stopped = threading.Event()
         self._overall = TokenBucket(config.rate) if config.rate is not None else None
         self._slots = _HostSlots(config.per_host_concurrency) if config.per_host_concurrency is not None else None
@@ -208,12 +210,15 @@ class Limiter:
         self._max_pause = config.max_retry_wait
 
     @classmethod
-    def for_config(cls, config: FetchConfig) -> Limiter | None:
-        """A limiter when `config` asks for any limit; None (nothing to do per request) otherwise."""
+    def for_config(cls, config: FetchConfig, accounting: PoolAccounting | None = None) -> Limiter | None:
+        """A limiter when `config` asks for any limit; None (nothing to do per request) otherwise.
+
+        With `accounting`, the time each request spends waiting for its permit is added to it.
+        """
         wanted = (config.rate, config.per_host_concurrency, config.per_host_rate)
         if all(value is None for value in wanted) and not config.pause_hosts:
             return None
-        return cls(config)
+        return cls(config, accounting)
 
     def stop(self) -> None:
         self._stopped.set()
@@ -226,17 +231,22 @@ class Limiter:
         waste instants other hosts could use. Raises DeadlineExceeded or Abandoned.
         """
         host = host_key(url)
-        if self._slots is not None:
-            self._slots.acquire(host, deadline, self._stopped)
+        began = time.monotonic()
         try:
-            paused = self._hosts.paused_until(host)
-            if paused is not None:
-                sleep_until(paused, deadline, self._stopped)
-            self._take(self._hosts.bucket(host), deadline, self._stopped)
-            self._take(self._overall, deadline, self._stopped)
-        except BaseException:
-            self.release(host)
-            raise
+            if self._slots is not None:
+                self._slots.acquire(host, deadline, self._stopped)
+            try:
+                paused = self._hosts.paused_until(host)
+                if paused is not None:
+                    sleep_until(paused, deadline, self._stopped)
+                self._take(self._hosts.bucket(host), deadline, self._stopped)
+                self._take(self._overall, deadline, self._stopped)
+            except BaseException:
+                self.release(host)
+                raise
+        finally:
+            if self._accounting is not None:
+                self._accounting.waited_for_limits(time.monotonic() - began)
         return host
 
     def release(self, host: str | None) -> None:

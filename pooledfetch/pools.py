@@ -131,13 +131,19 @@ class Deadlines:
 
 
 class PoolAccounting:
-    """Run-wide connection counters, written by worker threads, read by anyone."""
+    """Run-wide transport counters, written by worker threads, read by anyone; also the time
+    workers spent waiting for politeness limits (pooledfetch.limits), which the summary shows."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self.connections_opened = 0
         self.connections_discarded = 0
         self.requests_sent = 0
+        self.limit_wait_seconds = 0.0
+
+    def waited_for_limits(self, seconds: float) -> None:
+        with self._lock:
+            self.limit_wait_seconds += seconds
 
     def opened(self) -> None:
         with self._lock:

@@ -36,7 +36,28 @@ def summary_data(stats: RunStats, accounting: PoolAccounting, config: FetchConfi
             "connections_discarded": accounting.connections_discarded,
             "advice": pool_advice(accounting, config),
         },
+        "limits": {
+            "rate": config.rate,
+            "per_host_concurrency": config.per_host_concurrency,
+            "per_host_rate": config.per_host_rate,
+            "pause_hosts": config.pause_hosts,
+            "waited_s": round(accounting.limit_wait_seconds, 3),
+        },
     }
+
+
+def limits_in_force(config: FetchConfig) -> list[str]:
+    """The politeness limits of the run, as the options that set them."""
+    limits = []
+    if config.rate is not None:
+        limits.append(f"--rate {config.rate:g}/s")
+    if config.per_host_concurrency is not None:
+        limits.append(f"--per-host-concurrency {config.per_host_concurrency}")
+    if config.per_host_rate is not None:
+        limits.append(f"--per-host-rate {config.per_host_rate:g}/s")
+    if config.pause_hosts:
+        limits.append("--pause-hosts")
+    return limits
 
 
 def reuse_ratio(accounting: PoolAccounting) -> float:
@@ -78,6 +99,7 @@ def render_summary(stats: RunStats, accounting: PoolAccounting, config: FetchCon
         _section("Status codes", _statuses(stats)),
         _section(f"Top {TOP_HOSTS} hosts", _hosts(stats)),
         _section("Connection pool", _pool(stats, accounting, config)),
+        *([_section("Limits", _limits(stats, accounting, config))] if limits_in_force(config) else []),
     )
 
 
@@ -194,6 +216,17 @@ def _pool(stats: RunStats, accounting: PoolAccounting, config: FetchConfig) -> T
         ("pool wait", _pool_wait(stats.pool_wait)),
     ]
     return _pairs(rows)
+
+
+def _limits(stats: RunStats, accounting: PoolAccounting, config: FetchConfig) -> Table:
+    waited = accounting.limit_wait_seconds
+    per_url = f" ({waited * 1000.0 / stats.total:,.1f} ms per URL)" if stats.total else ""
+    return _pairs(
+        [
+            ("in force", Text(" · ".join(limits_in_force(config)))),
+            ("waited", Text(f"{waited:,.2f} s in total across workers{per_url}")),
+        ]
+    )
 
 
 def _discarded(accounting: PoolAccounting, config: FetchConfig) -> Text:

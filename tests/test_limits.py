@@ -415,3 +415,33 @@ def test_no_per_host_limit_takes_the_old_path(server: _RecordingServer, monkeypa
     for limit in ({"per_host_concurrency": 1}, {"per_host_rate": 5.0}, {"pause_hosts": True}):
         monkeypatch.undo()
         assert engine._host_window(iter(()), FetchConfig(**limit)) is not None  # type: ignore[arg-type]
+
+
+# --- the summary reports the limits and the time spent waiting on them ------------------------------------------
+
+
+def test_summary_shows_limits_in_force_and_time_waited(server: _RecordingServer) -> None:
+    from rich.console import Console
+
+    from pooledfetch.engine import RunProgress, run
+    from pooledfetch.sources import iter_targets
+    from pooledfetch.stats import RunStats
+    from pooledfetch.summary import render_summary, summary_data
+
+    config = FetchConfig(rate=20, per_host_concurrency=4, workers=8)
+    progress = RunProgress()
+    stats = RunStats()
+    for result in run(iter_targets([f"{server.base_url}/n{i}" for i in range(10)], config), config, progress=progress):
+        stats.write(result)
+
+    limits = summary_data(stats, progress.accounting, config)["limits"]
+    assert (limits["rate"], limits["per_host_concurrency"], limits["pause_hosts"]) == (20, 4, False)
+    # Ten requests spaced 50 ms apart: the later ones waited, 0.05 s × (0 + 1 + … + 9) in all at most.
+    assert 0.3 < limits["waited_s"] < 3.0
+    console = Console(record=True, width=100, force_terminal=False)
+    console.print(render_summary(stats, progress.accounting, config))
+    text = console.export_text()
+    assert "Limits" in text and "--rate 20/s · --per-host-concurrency 4" in text and "s in total" in text
+    unlimited = Console(record=True, width=100, force_terminal=False)
+    unlimited.print(render_summary(stats, progress.accounting, FetchConfig()))
+    assert "Limits" not in unlimited.export_text()

@@ -193,11 +193,21 @@ def test_render_summary_is_a_renderable() -> None:
     assert "Connection pool" in console.export_text()
 
 
-def test_summary_data_is_stats_plus_a_pool_section() -> None:
+def test_summary_data_is_stats_plus_pool_and_limits_sections() -> None:
     stats = make_stats()
     config = FetchConfig(workers=8, pool_maxsize=4, pool_block=False)
     data = summary_data(stats, make_accounting(opened=4, sent=95, discarded=2), config)
-    assert {key: value for key, value in data.items() if key != "pool"} == json.loads(json.dumps(stats.to_dict()))
+    own_sections = ("pool", "limits")
+    assert {key: value for key, value in data.items() if key not in own_sections} == json.loads(
+        json.dumps(stats.to_dict())
+    )
+    assert data["limits"] == {
+        "rate": None,
+        "per_host_concurrency": None,
+        "per_host_rate": None,
+        "pause_hosts": False,
+        "waited_s": 0.0,
+    }
     assert data["pool"] == {
         "connections_opened": 4,
         "requests_sent": 95,
