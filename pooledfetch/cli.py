@@ -507,13 +507,15 @@ def _consume(
     progress: RunProgress,
     resume_state: ResumeState | None,
 ) -> None:
-    from pooledfetch.demo import sample_lines
     from pooledfetch.engine import run
     from pooledfetch.sources import LineCounter, iter_targets, read_lines
 
+    lines: Iterable[str | bytes | OverlongLine]
     if demo and not inputs:
-        lines: Iterable[str | bytes | OverlongLine] = sample_lines()
-        count: int | None = sum(1 for line in sample_lines() if line.strip() and not line.startswith("#"))
+        from pooledfetch.demo import sample_lines
+
+        lines = sample = sample_lines()
+        count: int | None = sum(1 for line in sample if line.strip() and not line.startswith("#"))
         counter = None
     else:
         lines = read_lines(inputs)
