@@ -180,11 +180,6 @@ class RunStats(Sink):
         window = min(RATE_WINDOW_SECONDS, max(time.monotonic() - self._recent[0][0], 1e-3))
         return sum(count for _, count in self._recent) / window
 
-    @property
-    def reuse_ratio(self) -> float:
-        used = self.new_connections + self.reused_connections
-        return self.reused_connections / used if used else 0.0
-
     def status_classes(self) -> dict[str, int]:
         classes: Counter[str] = Counter()
         for status, count in self.statuses.items():
