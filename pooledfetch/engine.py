@@ -377,6 +377,8 @@ def fetch_one(transport: Transport, target: Target, abandon: threading.Event, li
         connect_ms=round(connect_ms, 3) if reused is not None else None,
         pool_wait_ms=round(pool_wait_ms, 3) if reused is not None else None,
         saved_path=saved_path,
+        etag=raw.headers.get("ETag", "") if raw is not None else "",
+        last_modified=raw.headers.get("Last-Modified", "") if raw is not None else "",
     )
 
 

@@ -60,6 +60,13 @@ class Result:
     pool_wait_ms: float | None = None
     # Appended in 1.2: where --save-dir put the body ("" when it was not saved).
     saved_path: str = ""
+    # Appended in 1.3: validators for a conditional re-fetch ("" when the response had none),
+    # the Dask worker that fetched the row ("" in a single process), and the kind of change
+    # since --baseline ("" without one).
+    etag: str = ""
+    last_modified: str = ""
+    worker: str = ""
+    change: str = ""
 
     @property
     def got_response(self) -> bool:
