@@ -92,6 +92,15 @@ def _body(value: str | None) -> bytes | None:
         raise click.BadParameter(f"cannot read body file {path!r}: {exc.strerror}") from None
 
 
+def _read_config_file(ctx: click.Context, _: click.Parameter, path: str | None) -> str | None:
+    """Eager: the file's values become defaults before any other option is read."""
+    if path is not None:
+        from pooledfetch.configfile import load_defaults
+
+        ctx.default_map = {**(ctx.default_map or {}), **load_defaults(path, ctx.command)}
+    return path
+
+
 def _stdin_is_terminal() -> bool:
     return sys.stdin is None or sys.stdin.isatty()
 
@@ -306,6 +315,14 @@ def _graceful_interrupts(cancel: threading.Event) -> Iterator[None]:
 @click.option("--no-live", is_flag=True, help="No live table on a terminal (it is off anyway for pipes and -q).")
 @click.option("--summary-json", metavar="PATH", help="Write the run summary as JSON (also with -q).")
 @click.option("--debug", is_flag=True, help="Show tracebacks for unexpected errors.")
+@click.option(
+    "--config",
+    type=click.Path(exists=True, dir_okay=False),
+    is_eager=True,
+    expose_value=False,
+    callback=_read_config_file,
+    help="Option defaults from a TOML file (its [tool.pooledfetch] table, or its top level).",
+)
 @click.version_option(__version__, "-V", "--version", prog_name="pooledfetch")
 def cli(**options: Any) -> None:
     """Fetch every URL in INPUTS (files, '-' for stdin) through one pooled HTTP session.

@@ -24,7 +24,7 @@ from pooledfetch.engine import RunProgress
 from pooledfetch.results import Result
 from pooledfetch.sink import Sink
 from pooledfetch.stats import RunStats, human_bytes
-from pooledfetch.summary import STATUS_STYLES
+from pooledfetch.summary import STATUS_STYLES, limits_in_force
 from pooledfetch.text import printable
 
 MAX_ROWS = 20
@@ -60,6 +60,8 @@ class Snapshot:
     connections_opened: int
     requests_sent: int
     started: float
+    limits: tuple[str, ...] = ()
+    limit_wait_s: float = 0.0
 
     @classmethod
     def take(
@@ -81,6 +83,8 @@ class Snapshot:
             connections_opened=progress.accounting.connections_opened,
             requests_sent=progress.accounting.requests_sent,
             started=stats.started,
+            limits=tuple(limits_in_force(config)),
+            limit_wait_s=progress.accounting.limit_wait_seconds,
         )
 
 
@@ -230,6 +234,7 @@ def _leading_cells(text: str, width: int) -> str:
 
 
 def _figures(snapshot: Snapshot) -> list[Text]:
+    limits = [Text(f"{' '.join(snapshot.limits)}: {snapshot.limit_wait_s:,.1f} s waited", style="magenta")]
     return [
         Text(f"{snapshot.rate:,.1f} URLs/s"),
         Text(f"{snapshot.in_flight} in flight / {snapshot.workers} workers"),
@@ -239,6 +244,7 @@ def _figures(snapshot: Snapshot) -> list[Text]:
         Text(f"p50 {_ms(snapshot.p50_ms)}"),
         Text(f"p95 {_ms(snapshot.p95_ms)}"),
         Text(f"{snapshot.connections_opened:,} connections / {snapshot.requests_sent:,} requests"),
+        *(limits if snapshot.limits else []),
     ]
 
 

@@ -18,6 +18,7 @@ from pytest_httpserver import HTTPServer
 from werkzeug import Request, Response
 
 from pooledfetch.cli import cli
+from pooledfetch.configfile import load_defaults
 from pooledfetch.errors import ExitCode
 
 
@@ -49,6 +50,66 @@ def test_options_come_from_the_environment_and_the_command_line_wins(httpserver:
     assert (from_env.exit_code, overridden.exit_code) == (0, 0)
     assert from_env.stdout == ""  # POOLEDFETCH_QUIET
     assert [request.headers["User-Agent"] for request in seen] == ["from-env/1", "from-flag/2"]
+
+
+def test_a_config_file_sets_defaults_below_the_environment_and_the_command_line(
+    httpserver: HTTPServer, tmp_path: Path
+) -> None:
+    seen = _recording(httpserver)
+    urls = _url_file(tmp_path, httpserver.url_for("/seen"))
+    config = tmp_path / "pyproject.toml"
+    config.write_text(
+        '[project]\nname = "x"\n\n[tool.pooledfetch]\n'
+        'user_agent = "from-file/0"\nheader = ["X-From: file"]\nquiet = true\n'
+    )
+
+    from_file = CliRunner().invoke(cli, ["--config", str(config), urls])
+    from_env = CliRunner(env={"POOLEDFETCH_USER_AGENT": "from-env/1"}).invoke(cli, ["--config", str(config), urls])
+    from_flag = CliRunner(env={"POOLEDFETCH_CONFIG": str(config)}).invoke(cli, [urls, "-A", "from-flag/2"])
+
+    assert [run.exit_code for run in (from_file, from_env, from_flag)] == [0, 0, 0]
+    assert from_file.stdout == ""  # quiet = true
+    assert [request.headers["User-Agent"] for request in seen] == ["from-file/0", "from-env/1", "from-flag/2"]
+    assert all(request.headers["X-From"] == "file" for request in seen)
+
+
+def test_a_standalone_config_file_uses_its_top_level(httpserver: HTTPServer, tmp_path: Path) -> None:
+    httpserver.expect_request("/moved").respond_with_data("", status=302, headers={"Location": "/seen"})
+    seen = _recording(httpserver)
+    config = tmp_path / "pooledfetch.toml"
+    config.write_text("no-follow = true\nformat = 'jsonl'\noutput = ['-']\n")
+    result = CliRunner().invoke(cli, ["--config", str(config), _url_file(tmp_path, httpserver.url_for("/moved"))])
+    assert result.exit_code == 0, result.output
+    assert '"status": 302' in result.stdout
+    assert seen == []
+
+
+def test_the_no_side_of_a_flag_pair_sets_the_flag_off(tmp_path: Path) -> None:
+    config = tmp_path / "pooledfetch.toml"
+    config.write_text("no-pool-block = true\npool_maxsize = 7\n")
+    assert load_defaults(str(config), cli) == {"pool_block": False, "pool_maxsize": 7}
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("workers = [", "is not valid TOML"),
+        ("wrokers = 3", "'wrokers' is not a pooledfetch option"),
+        ("version = true", "'version' is not a pooledfetch option"),
+        ("[tool.black]\nline-length = 1", "no [tool.pooledfetch] table"),
+        ("header = [['a']]", "'header' must be a list of values"),
+        ("workers = [1, 2]", "'workers' takes one value, not a list"),
+        ("quiet = 'yes'", "'quiet' is a flag: use true or false"),
+        ("workers = 'many'", "'many' is not a valid integer"),
+    ],
+)
+def test_a_bad_config_file_is_a_usage_error_naming_the_problem(tmp_path: Path, content: str, message: str) -> None:
+    config = tmp_path / "bad.toml"
+    config.write_text(content + "\n")
+    result = CliRunner().invoke(cli, ["--config", str(config), str(config)])
+    assert result.exit_code == ExitCode.USAGE
+    assert message in " ".join(result.output.split())
+    assert "Traceback" not in result.output
 
 
 def test_cookies_are_sent_with_every_request(httpserver: HTTPServer, tmp_path: Path) -> None:

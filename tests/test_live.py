@@ -71,13 +71,16 @@ def row_indexes(lines: list[str]) -> list[int]:
 class Run:
     """A view and the figures it reads. Its own console is never looked at: tests print frames by hand."""
 
-    def __init__(self, total: int | None = None, console: Console | None = None) -> None:
+    def __init__(
+        self, total: int | None = None, console: Console | None = None, config: FetchConfig | None = None
+    ) -> None:
         self.stats = RunStats()
         self.progress = RunProgress()
         self.progress.in_flight = 7
         self.progress.accounting.connections_opened = 3
         self.progress.accounting.requests_sent = 42
-        self.view = LiveView(console or recording_console(), self.stats, self.progress, FetchConfig(workers=8), total)
+        config = config or FetchConfig(workers=8)
+        self.view = LiveView(console or recording_console(), self.stats, self.progress, config, total)
 
     def feed(self, results: list[Result]) -> None:
         for result in results:
@@ -95,8 +98,8 @@ def make_run() -> Iterator[Callable[..., Run]]:
     """Makes `Run`s whose views are closed when the test ends, passed or not."""
     runs: list[Run] = []
 
-    def make(total: int | None = None) -> Run:
-        runs.append(Run(total))
+    def make(total: int | None = None, config: FetchConfig | None = None) -> Run:
+        runs.append(Run(total, config=config))
         return runs[-1]
 
     yield make
@@ -130,6 +133,17 @@ def test_frame_shows_the_running_figures(make_run: Callable[..., Run], width: in
     assert f"p95 {run.stats.total_time.percentile(95):,.0f} ms" in text
     assert "URLs/s" in text
     assert "50/100" in text
+
+
+def test_frame_shows_the_limits_in_force_and_the_time_waited_on_them(make_run: Callable[..., Run]) -> None:
+    unlimited = make_run(total=10)
+    unlimited.feed(mixed_results(5))
+    assert "waited" not in unlimited.frame_text(160)
+    run = make_run(total=10, config=FetchConfig(workers=8, rate=20, per_host_concurrency=2))
+    run.progress.accounting.waited_for_limits(1.25)
+    run.feed(mixed_results(5))
+    text = " ".join(run.frame_text(160).split())
+    assert "--rate 20/s --per-host-concurrency 2: 1.2 s waited" in text
 
 
 def test_narrow_consoles_drop_columns_in_order(make_run: Callable[..., Run]) -> None:
