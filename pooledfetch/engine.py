@@ -300,7 +300,7 @@ def fetch_one(transport: Transport, target: Target, abandon: threading.Event, li
                 limiter.release(host)
                 host = None
                 host = limiter.acquire(final_url, deadline)
-            raw = transport.send(prepared, deadline)
+            raw = transport.send(prepared, deadline, limiter.retry_observer(host) if limiter is not None else None)
             if limiter is not None and host is not None:
                 limiter.observe(host, raw.status, raw.headers.get("Retry-After"))
             retries += _retries_used(raw)

@@ -26,7 +26,7 @@ from urllib.parse import urlsplit
 
 from pooledfetch.config import FetchConfig
 from pooledfetch.pools import PoolAccounting
-from pooledfetch.session import DeadlineExceeded
+from pooledfetch.session import DeadlineExceeded, RetryObserver
 from pooledfetch.sources import Target
 
 Clock = Callable[[], float]
@@ -252,6 +252,12 @@ class Limiter:
     def release(self, host: str | None) -> None:
         if host is not None and self._slots is not None:
             self._slots.release(host)
+
+    def retry_observer(self, host: str | None) -> RetryObserver | None:
+        """What urllib3 should tell of each response it retries, so a pause starts with its wait."""
+        if not self._pause_hosts or host is None:
+            return None
+        return lambda response: self.observe(host, response.status, response.headers.get("Retry-After"))
 
     def observe(self, host: str, status: int, retry_after: str | None) -> None:
         """With --pause-hosts, a 429/503's Retry-After pauses its host for every worker."""

@@ -12,6 +12,7 @@ import os
 import re
 import time
 import urllib.request
+from collections.abc import Callable
 from http.cookiejar import CookiePolicy, DefaultCookiePolicy
 from typing import Any
 from urllib.parse import urljoin, urlsplit
@@ -56,11 +57,15 @@ class CappedRetry(Retry):
 
     max_wait: float = 60.0
     deadlines: Deadlines | None = None
+    # Told of each response urllib3 is about to retry, before it waits: --pause-hosts pauses
+    # the host for every worker during that wait, not only once the retries are over.
+    observer: RetryObserver | None = None
 
     def new(self, **kw: Any) -> CappedRetry:
         retry = super().new(**kw)
         retry.max_wait = self.max_wait
         retry.deadlines = self.deadlines
+        retry.observer = self.observer
         return retry
 
     def increment(
@@ -72,6 +77,8 @@ class CappedRetry(Retry):
         _pool: Any = None,
         _stacktrace: Any = None,
     ) -> CappedRetry:
+        if response is not None and self.observer is not None:
+            self.observer(response)
         following = super().increment(method, url, response, error, _pool, _stacktrace)
         retry_after = self.get_retry_after(response) if response is not None else None
         wait = retry_after if retry_after is not None and self.respect_retry_after_header else None
@@ -85,6 +92,9 @@ class CappedRetry(Retry):
         else:
             return following
         raise MaxRetryError(_pool, url, error or ResponseError(reason))
+
+
+RetryObserver = Callable[[BaseHTTPResponse], None]
 
 
 class _NoCookies(DefaultCookiePolicy):
@@ -167,10 +177,11 @@ class Transport:
         self.session.trust_env = False
         policy: CookiePolicy = _NoCookies()
         self.session.cookies.set_policy(policy)
+        self._retry_policy = self._retry()
         self.adapter = HTTPAdapter(
             pool_connections=config.pool_connections,
             pool_maxsize=config.pool_maxsize,
-            max_retries=self._retry(),
+            max_retries=self._retry_policy,
             pool_block=config.pool_block,
         )
         # The connect timeout also bounds the wait for a free pooled connection.
@@ -253,13 +264,16 @@ class Transport:
             prepared.headers = prepared.headers.copy()
             prepared.prepare_auth((login, password or ""))
 
-    def send(self, prepared: requests.PreparedRequest, deadline: float | None = None) -> BaseHTTPResponse:
+    def send(
+        self, prepared: requests.PreparedRequest, deadline: float | None = None, observer: RetryObserver | None = None
+    ) -> BaseHTTPResponse:
         """Send one hop through the adapter's pools; the body is left to stream.
 
         This is the adapter's own pool path (`get_connection_with_tls_context` + `urlopen`, as
         `HTTPAdapter.send` does) without building a requests Response for every URL: that costs
         ~40 µs a request, a fifth of urllib3's whole cost. Exceptions stay urllib3's, classified
         in results.classify. With a `deadline` (time.monotonic()), no timeout or retry wait runs past it.
+        An `observer` sees every response urllib3 retries, before its wait.
         """
         assert prepared.url is not None and prepared.method is not None
         timeout = self._timeout
@@ -294,10 +308,18 @@ class Transport:
             assert_same_host=False,
             preload_content=False,
             decode_content=False,
-            retries=self.adapter.max_retries,
+            retries=self._retries_told(observer),
             timeout=timeout,
             chunked=not (prepared.body is None or "Content-Length" in prepared.headers),
         )
+
+    def _retries_told(self, observer: RetryObserver | None) -> CappedRetry:
+        if observer is None:
+            return self._retry_policy
+        # A copy per request (a few µs), made only when someone listens.
+        retries = self._retry_policy.new()
+        retries.observer = observer
+        return retries
 
     def redirect_response(self, prepared: requests.PreparedRequest, raw: BaseHTTPResponse) -> requests.Response | None:
         """A requests Response for a redirect (a 3xx with a Location), which its helpers need; else None."""

@@ -202,6 +202,27 @@ def test_retry_after_pauses_only_that_host(server: _RecordingServer, other_serve
     assert len(served_meanwhile) >= 8
 
 
+def test_retry_after_pauses_the_host_while_urllib3_waits_to_retry(
+    server: _RecordingServer, other_server: _RecordingServer
+) -> None:
+    urls = [f"{server.base_url}/retry-after/1"]
+    for i in range(16):
+        urls += [f"{server.base_url}/delay/0.05?{i}", f"{other_server.base_url}/delay/0.05?{i}"]
+    # With a retry, urllib3 itself waits out the Retry-After: the host must be paused from the
+    # first 429 on, not only when the worker gets the last one back.
+    config = FetchConfig(pause_hosts=True, retries=1, backoff_factor=0, workers=4)
+    results = list(fetch_all(urls, config))
+    assert sum(result.status == 429 and result.retries == 1 for result in results) == 1
+    assert sum(result.ok for result in results) == 32
+    refusals = [arrival for arrival in server.record.arrivals if arrival.path.startswith("/retry-after")]
+    assert len(refusals) == 2
+    assert refusals[1].start - refusals[0].end >= 0.9  # urllib3 waited for the retry
+    # Requests sent before the client read the 429 may still arrive just after it.
+    paused = (refusals[0].end + 0.1, refusals[0].end + 0.9)
+    assert not [arrival for arrival in server.record.arrivals if paused[0] < arrival.start < paused[1]]
+    assert [start for start in other_server.starts() if paused[0] < start < paused[1]]
+
+
 def test_cancel_ends_waits_for_a_limit_at_once(server: _RecordingServer) -> None:
     urls = [f"{server.base_url}/n{i}" for i in range(6)]
     cancel = threading.Event()
