@@ -258,7 +258,7 @@ def _changes(changes: Changes) -> Table:
     baseline = changes.baseline
     read = Text(f"{printable(baseline.path)}: {baseline.rows:,} rows")
     if baseline.skipped:
-        read.append(f", {baseline.skipped:,} lines that were not result rows skipped", style="yellow")
+        read.append(f", {baseline.skipped:,} lines skipped (not result rows)", style="yellow")
     rows = [
         ("baseline", read),
         ("changes", _joined([(kind, changes.counts[kind], CHANGE_STYLES.get(kind, "")) for kind in CHANGE_KINDS])),

@@ -416,3 +416,24 @@ def test_library_use_and_the_summary_section(server: ScriptedServer, tmp_path: P
 def test_a_missing_baseline_raises_input_error(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="cannot read baseline"):
         Baseline(str(tmp_path / "nope.jsonl"))
+
+
+def test_a_baseline_may_be_the_export_it_rolls_into(server: ScriptedServer, tmp_path: Path) -> None:
+    server.answers = {"/a": Answer(200)}
+    urls = url_file(tmp_path, server, ["/a"])
+    last = tmp_path / "last.jsonl"
+    assert run(urls, "-q", "-o", str(last))[0] == ExitCode.OK
+    server.answers["/a"] = Answer(503)
+
+    assert run(urls, "-q", "--baseline", str(last), "-o", str(last))[0] == ExitCode.OK
+
+    assert rows_by_path(last, server)["/a"]["change"] == "broken"  # read whole before -o truncated it
+
+
+def test_rows_the_run_never_finished_get_no_change_but_are_not_missing(tmp_path: Path) -> None:
+    previous = write_rows(tmp_path / "previous.jsonl", [helpers.BASE_ROW])
+    with Baseline(previous) as baseline:
+        changes = Changes(baseline)
+        cancelled = helpers.make_result(status=None, ok=False, error="cancelled", total_ms=0.0)
+        assert changes.annotate(cancelled).change == ""
+        assert sum(changes.counts.values()) == 0 and changes.missing() == (0, [])
