@@ -80,7 +80,12 @@ class PreviousRow:
         return self.error or str(self.status)
 
     def conditions(self) -> tuple[tuple[str, str], ...]:
-        """The conditional-request headers its validators allow (none for a value unsafe to send)."""
+        """The conditional-request headers its validators allow (none for a value unsafe to send).
+
+        Only a 2xx is worth keeping: a 304 to the validators of a 404 would hide that it still fails.
+        """
+        if self.error or self.status is None or not 200 <= self.status < 300:
+            return ()
         pairs = (("If-None-Match", self.etag), ("If-Modified-Since", self.last_modified))
         return tuple((name, value) for name, value in pairs if value and not _BAD_HEADER_VALUE.search(value))
 
@@ -183,35 +188,32 @@ class Baseline:
 def _parse(line: bytes) -> tuple[tuple[Any, ...], bool] | None:
     """(the values to index, whether the row finished), or None for a line that is no result row."""
     try:
-        row = json.loads(line)
+        row = _decode(line.decode("utf-8"))
     except ValueError:
         return None
-    if not isinstance(row, dict) or not isinstance(row.get("url"), str):
+    if type(row) is not dict or type(url := row.get("url")) is not str:
         return None
-    status = row.get("status")
+    # Exact types: a bool is no status, a list no text. Rows older than 1.3 have no etag and
+    # last_modified: no validators, so no conditional request.
+    fields: list[Any] = [row.get(name) for name in _FIELDS]
+    status, error, final_url, total_ms, size, etag, modified, saved = fields
     values = (
-        url_key(row["url"]),
-        status if isinstance(status, int) and not isinstance(status, bool) else None,
-        _text(row, "error"),
-        _text(row, "final_url") or row["url"],
-        _number(row, "total_ms"),
-        int(_number(row, "bytes")),
-        # Absent from exports older than 1.3: no validators, so no conditional request.
-        _text(row, "etag"),
-        _text(row, "last_modified"),
-        _text(row, "saved_path"),
+        url_key(url),
+        status if type(status) is int else None,
+        error if type(error) is str else "",
+        final_url if type(final_url) is str and final_url else url,
+        float(total_ms) if type(total_ms) in _NUMBERS else 0.0,
+        int(size) if type(size) in _NUMBERS else 0,
+        etag if type(etag) is str else "",
+        modified if type(modified) is str else "",
+        saved if type(saved) is str else "",
     )
-    return values, row.get("error") not in _UNFINISHED
+    return values, error not in _UNFINISHED
 
 
-def _text(row: dict[str, Any], name: str) -> str:
-    value = row.get(name)
-    return value if isinstance(value, str) else ""
-
-
-def _number(row: dict[str, Any], name: str) -> float:
-    value = row.get(name)
-    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else 0.0
+_decode = json.JSONDecoder().decode
+_FIELDS = ("status", "error", "final_url", "total_ms", "bytes", "etag", "last_modified", "saved_path")
+_NUMBERS = (int, float)
 
 
 def with_conditions(targets: Iterable[Target], validators: Baseline, *, need_saved_file: bool) -> Iterator[Target]:

@@ -371,6 +371,7 @@ def test_baseline_index_last_row_wins_old_exports_and_masked_urls(tmp_path: Path
         {**old_export, "url": "https://example.com/b", "etag": 'W/"b"', "last_modified": "yesterday"},
         {**old_export, "url": "https://example.com/b", "status": None, "error": "cancelled"},
         {**old_export, "url": "https://example.com/c", "etag": '"bad\r\nX-Injected: 1"'},
+        {**old_export, "url": "https://example.com/d", "etag": '"d"', "status": 404, "ok": False},
     ]
     with Baseline(write_rows(tmp_path / "previous.jsonl", rows)) as baseline:
         # This run's URL carries the secret; the row shows it masked: the same URL.
@@ -381,13 +382,18 @@ def test_baseline_index_last_row_wins_old_exports_and_masked_urls(tmp_path: Path
         targets = [
             Target(0, "https://example.com/b", "https://example.com/b"),
             Target(1, "https://example.com/c", "https://example.com/c"),
-            Target(2, "https://example.com/d", "https://example.com/d"),
+            Target(2, "https://example.com/d", "https://example.com/d"),  # a 404's validators: not worth keeping
+            Target(3, "https://example.com/e", "https://example.com/e"),  # no row
+            Target(4, "https://example.com/b", None, "invalid"),
         ]
         conditions = [t.conditions for t in with_conditions(targets, baseline, need_saved_file=False)]
-        assert conditions == [(("If-None-Match", 'W/"b"'), ("If-Modified-Since", "yesterday")), (), ()]
-        assert baseline.rows == 5 and baseline.skipped == 0
+        assert conditions == [(("If-None-Match", 'W/"b"'), ("If-Modified-Since", "yesterday")), (), (), (), ()]
+        assert baseline.rows == 6 and baseline.skipped == 0
         baseline.mark_seen("https://example.com/b")
-        assert baseline.missing() == (2, ["https://user:***@example.com/a", "https://example.com/c"])
+        assert baseline.missing() == (
+            3,
+            ["https://user:***@example.com/a", "https://example.com/c", "https://example.com/d"],
+        )
     assert not os.path.exists(baseline._directory)  # the index is gone with the baseline
 
 
