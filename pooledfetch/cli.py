@@ -601,7 +601,8 @@ def _consume(
         seen = (lambda target: changes.baseline.mark_seen(target.raw)) if changes is not None else None
         targets = resume_state.pending(targets, seen)
         already = resume_state.finished
-    if changes is not None and changes.validators is not None:
+    # Conditional requests are for reading: a POST with If-None-Match could get a 412 instead.
+    if changes is not None and changes.validators is not None and config.method in ("GET", "HEAD"):
         from pooledfetch.baseline import with_conditions
 
         targets = with_conditions(targets, changes.validators, need_saved_file=config.save_dir is not None)

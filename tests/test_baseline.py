@@ -86,6 +86,8 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
+    do_POST = do_GET  # noqa: N815 - the http.server naming
+
     def log_message(self, format: str, *args: object) -> None:
         """Quiet."""
 
@@ -242,14 +244,15 @@ def test_if_changed_sends_validators_gets_304s_and_keeps_the_saved_bodies(
         "/etag": Answer(200, b"etag body " * 100, headers={"ETag": '"v1"'}),
         "/dated": Answer(200, b"dated body", headers={"Last-Modified": "Wed, 21 Oct 2026 07:28:00 GMT"}),
         "/plain": Answer(200, b"plain body"),
-        "/hop": Answer(302, headers={"Location": "/etag"}),
+        "/hop": Answer(302, headers={"Location": "/target"}),
+        "/target": Answer(200, b"target body", headers={"ETag": '"t1"'}),
     }
     urls = url_file(tmp_path, server, ["/etag", "/dated", "/plain", "/hop"])
     saved = tmp_path / "saved"
     previous = tmp_path / "previous.jsonl"
     assert run(urls, "-q", "--save-dir", str(saved), "-o", str(previous))[0] == ExitCode.OK
     before = rows_by_path(previous, server)
-    assert before["/hop"]["etag"] == '"v1"'  # the final response's validator
+    assert before["/hop"]["etag"] == '"t1"'  # the final response's validator
     server.seen.clear()
     now, summary = tmp_path / "now.jsonl", tmp_path / "summary.json"
 
@@ -271,8 +274,8 @@ def test_if_changed_sends_validators_gets_304s_and_keeps_the_saved_bodies(
     assert server.requests_to("/dated")[0]["if-modified-since"] == "Wed, 21 Oct 2026 07:28:00 GMT"
     assert "if-none-match" not in server.requests_to("/plain")[0]
     # A redirecting URL: the validators go with the first hop only.
-    hop, after_hop = server.requests_to("/hop")[0], server.requests_to("/etag")[1]
-    assert hop["if-none-match"] == '"v1"' and "if-none-match" not in after_hop
+    hop, after_hop = server.requests_to("/hop")[0], server.requests_to("/target")[0]
+    assert hop["if-none-match"] == '"t1"' and "if-none-match" not in after_hop
     rows = rows_by_path(now, server)
     for path in ("/etag", "/dated"):
         row = rows[path]
@@ -282,8 +285,8 @@ def test_if_changed_sends_validators_gets_304s_and_keeps_the_saved_bodies(
     # The server sent no Last-Modified with its 304: the previous one is kept for the next run.
     assert rows["/dated"]["last_modified"] == "Wed, 21 Oct 2026 07:28:00 GMT"
     assert (rows["/plain"]["status"], rows["/plain"]["change"]) == (200, "same")
-    assert (rows["/hop"]["status"], rows["/hop"]["bytes"]) == (200, 1000)
-    for path, answer in (("/etag", "etag"), ("/dated", "dated"), ("/plain", "plain"), ("/hop", "etag")):
+    assert (rows["/hop"]["status"], rows["/hop"]["bytes"]) == (200, len(b"target body"))
+    for path, answer in (("/etag", "etag"), ("/dated", "dated"), ("/plain", "plain"), ("/hop", "target")):
         assert Path(str(rows[path]["saved_path"])).read_bytes() == server.answers[f"/{answer}"].body
     data = json.loads(summary.read_text(encoding="utf-8"))
     assert data["not_modified"] == 2
@@ -443,3 +446,14 @@ def test_rows_the_run_never_finished_get_no_change_but_are_not_missing(tmp_path:
         cancelled = helpers.make_result(status=None, ok=False, error="cancelled", total_ms=0.0)
         assert changes.annotate(cancelled).change == ""
         assert sum(changes.counts.values()) == 0 and changes.missing() == (0, [])
+
+
+def test_only_reads_are_made_conditional(server: ScriptedServer, tmp_path: Path) -> None:
+    server.answers = {"/etag": Answer(200, headers={"ETag": '"v1"'})}
+    urls = url_file(tmp_path, server, ["/etag"])
+    previous = tmp_path / "previous.jsonl"
+    assert run(urls, "-q", "-o", str(previous))[0] == ExitCode.OK
+
+    assert run(urls, "-q", "-X", "POST", "--if-changed", str(previous))[0] == ExitCode.OK
+
+    assert "if-none-match" not in server.requests_to("/etag")[1]
