@@ -98,8 +98,9 @@ class Baseline:
         self.rows = 0  # result rows read (repeats of a URL included)
         self.skipped = 0  # lines that were not result rows
         self._lock = threading.Lock()
-        self._directory = tempfile.mkdtemp(prefix="pooledfetch-baseline-")
+        self._directory = ""
         try:
+            self._directory = tempfile.mkdtemp(prefix="pooledfetch-baseline-")
             # check_same_thread=False: the lock serialises use, whichever thread pulls the targets.
             self._db = sqlite3.connect(os.path.join(self._directory, "baseline.sqlite3"), check_same_thread=False)
             # A throwaway index: no journal, no fsync; a small page cache keeps RSS flat.
@@ -111,6 +112,9 @@ class Baseline:
                 " seen INTEGER NOT NULL DEFAULT 0)"
             )
             self._index()
+        except (sqlite3.Error, OSError) as exc:
+            self.close()
+            raise InputError(f"cannot index baseline {path!r} in {tempfile.gettempdir()!r}: {exc}") from exc
         except BaseException:
             self.close()
             raise
@@ -170,11 +174,11 @@ class Baseline:
     def close(self) -> None:
         """Drop the index; safe to call more than once."""
         with self._lock:
-            db = getattr(self, "_db", None)
+            db: sqlite3.Connection | None = getattr(self, "_db", None)  # None when connecting failed
             if db is not None:
-                db.close()
-                self._db = None  # type: ignore[assignment]
-            shutil.rmtree(self._directory, ignore_errors=True)
+                db.close()  # a no-op the second time
+            if self._directory:
+                shutil.rmtree(self._directory, ignore_errors=True)
 
     def __enter__(self) -> Self:
         return self

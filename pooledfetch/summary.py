@@ -35,7 +35,6 @@ def summary_data(
     """`stats.to_dict()` plus the connection-pool report (its per-host figures are in `top_hosts`),
     and with a baseline the changes since it."""
     return {
-        **(changes.to_dict() if changes is not None else {}),
         **stats.to_dict(),
         "pool": {
             "connections_opened": accounting.connections_opened,
@@ -51,6 +50,7 @@ def summary_data(
             "pause_hosts": config.pause_hosts,
             "waited_s": round(accounting.limit_wait_seconds, 3),
         },
+        **(changes.to_dict() if changes is not None else {}),
     }
 
 

@@ -457,3 +457,10 @@ def test_only_reads_are_made_conditional(server: ScriptedServer, tmp_path: Path)
     assert run(urls, "-q", "-X", "POST", "--if-changed", str(previous))[0] == ExitCode.OK
 
     assert "if-none-match" not in server.requests_to("/etag")[1]
+
+
+def test_no_room_to_index_is_one_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    previous = write_rows(tmp_path / "previous.jsonl", [helpers.BASE_ROW])
+    monkeypatch.setattr("tempfile.tempdir", str(tmp_path / "no-such-directory"))
+    with pytest.raises(InputError, match="cannot index baseline"):
+        Baseline(previous)
