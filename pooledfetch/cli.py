@@ -329,7 +329,8 @@ def _graceful_interrupts(cancel: threading.Event) -> Iterator[None]:
     type=click.FloatRange(min=1),
     default=2.0,
     show_default=True,
-    help="`slower` means more than this many times the baseline's total time...",
+    metavar="R",
+    help="`slower` means more than R times the baseline's total time...",
 )
 @click.option(
     "--slower-ms",
