@@ -26,6 +26,7 @@ from pooledfetch.errors import ExitCode, PooledFetchError
 if TYPE_CHECKING:
     from rich.console import Console
 
+    from pooledfetch.baseline import Changes
     from pooledfetch.config import FetchConfig
     from pooledfetch.engine import RunProgress
     from pooledfetch.live import LiveView
@@ -99,6 +100,17 @@ def _read_config_file(ctx: click.Context, _: click.Parameter, path: str | None) 
 
         ctx.default_map = {**(ctx.default_map or {}), **load_defaults(path, ctx.command)}
     return path
+
+
+def _change_kinds(value: str | None) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    from pooledfetch.baseline import CHANGE_KINDS
+
+    kinds = tuple(part.strip() for part in value.split(",") if part.strip())
+    if not kinds or any(kind not in CHANGE_KINDS for kind in kinds):
+        raise click.BadParameter(f"{value!r}: the change kinds are {', '.join(CHANGE_KINDS)}")
+    return kinds
 
 
 def _stdin_is_terminal() -> bool:
@@ -311,6 +323,38 @@ def _graceful_interrupts(cancel: threading.Event) -> Iterator[None]:
     metavar="FILE.jsonl",
     help="Skip the URLs a previous JSONL export already has rows for, and append new rows to it.",
 )
+@click.option(
+    "--baseline",
+    metavar="PREV.jsonl",
+    help="Compare each result with a previous run's JSONL export and fill in its `change` field.",
+)
+@click.option(
+    "--if-changed",
+    metavar="PREV.jsonl",
+    help="Send If-None-Match/If-Modified-Since from a previous JSONL export (and diff against it).",
+)
+@click.option(
+    "--slower-ratio",
+    type=click.FloatRange(min=1),
+    default=2.0,
+    show_default=True,
+    metavar="R",
+    help="`slower` means more than R times the baseline's total time...",
+)
+@click.option(
+    "--slower-ms",
+    type=click.FloatRange(min=0),
+    default=250.0,
+    show_default=True,
+    metavar="MS",
+    help="...and more than this many ms slower.",
+)
+@click.option(
+    "--fail-on-change",
+    metavar="KINDS",
+    callback=lambda _context, _option, value: _change_kinds(value),
+    help="Exit 1 when any row has one of these comma-separated change kinds (e.g. broken,status_changed).",
+)
 @click.option("--fail-on-http-error", is_flag=True, help="Exit 1 when any URL answers 4xx or 5xx.")
 @click.option("--no-live", is_flag=True, help="No live table on a terminal (it is off anyway for pipes and -q).")
 @click.option("--summary-json", metavar="PATH", help="Write the run summary as JSON (also with -q).")
@@ -416,7 +460,9 @@ def _run(options: dict[str, Any]) -> ExitCode:
 
         progress = RunProgress()
         stats = stack.enter_context(RunStats())
-        outputs = _open_outputs(stack, options, config, stats, progress)
+        # Before any export or --resume opens (and may truncate, rewrite or append to) the same file.
+        changes = _open_changes(stack, options, config)
+        outputs = _open_outputs(stack, options, config, stats, progress, changes)
         resume_state = None
         if options["resume"]:
             from pooledfetch import resume
@@ -428,7 +474,7 @@ def _run(options: dict[str, Any]) -> ExitCode:
         interrupted = False
         try:
             with _graceful_interrupts(cancel):
-                _consume(inputs, options["demo"], config, cancel, outputs, progress, resume_state)
+                _consume(inputs, options["demo"], config, cancel, outputs, progress, resume_state, changes)
         except KeyboardInterrupt:
             interrupted = True
         interrupted = interrupted or cancel.is_set()
@@ -437,7 +483,27 @@ def _run(options: dict[str, Any]) -> ExitCode:
         return ExitCode.INTERRUPTED
     if stats.failed or (options["fail_on_http_error"] and stats.http_errors):
         return ExitCode.SOME_FAILED
+    if changes is not None and changes.has_any(options["fail_on_change"]):
+        return ExitCode.SOME_FAILED
     return ExitCode.OK
+
+
+def _open_changes(stack: ExitStack, options: dict[str, Any], config: FetchConfig) -> Changes | None:
+    """Index --baseline and --if-changed (once when they name the same file); None without either."""
+    baseline_path, validators_path = options["baseline"], options["if_changed"]
+    if baseline_path is None and validators_path is None:
+        if options["fail_on_change"]:
+            raise click.UsageError("--fail-on-change needs --baseline or --if-changed to compare with")
+        return None
+    from pooledfetch.baseline import Baseline, ChangeRules, Changes
+
+    baseline = stack.enter_context(Baseline(baseline_path or validators_path))
+    validators = None
+    if validators_path is not None:
+        same = baseline_path is None or os.path.realpath(baseline_path) == os.path.realpath(validators_path)
+        validators = baseline if same else stack.enter_context(Baseline(validators_path))
+    rules = ChangeRules(options["slower_ratio"], options["slower_ms"])
+    return Changes(baseline, rules, validators=validators, keep_saved=config.save_dir is not None)
 
 
 @dataclass
@@ -450,7 +516,12 @@ class _Outputs:
 
 
 def _open_outputs(
-    stack: ExitStack, options: dict[str, Any], config: FetchConfig, stats: RunStats, progress: RunProgress
+    stack: ExitStack,
+    options: dict[str, Any],
+    config: FetchConfig,
+    stats: RunStats,
+    progress: RunProgress,
+    changes: Changes | None = None,
 ) -> _Outputs:
     """Decide once what goes where: results on stdout, the live view and summary on stderr."""
     from pooledfetch.export import format_for, open_exporter
@@ -467,15 +538,16 @@ def _open_outputs(
         if options["summary_json"]:
             from pooledfetch.summary import summary_data, write_summary_json
 
-            write_summary_json(options["summary_json"], summary_data(stats, progress.accounting, config))
+            write_summary_json(options["summary_json"], summary_data(stats, progress.accounting, config, changes))
         if options["quiet"]:
             return
         if console is not None:
             from pooledfetch.summary import print_summary
 
-            print_summary(console, stats, progress.accounting, config)
+            print_summary(console, stats, progress.accounting, config, changes)
         else:
-            click.echo(stats.summary_line(), err=True)
+            line = stats.summary_line()
+            click.echo(line if changes is None else f"{line}; {changes.summary_line()}", err=True)
 
     # Registered before the view is opened, so it runs after the view has cleared itself.
     stack.push(summarise)
@@ -523,6 +595,7 @@ def _consume(
     outputs: _Outputs,
     progress: RunProgress,
     resume_state: ResumeState | None,
+    changes: Changes | None = None,
 ) -> None:
     from pooledfetch.engine import run
     from pooledfetch.sources import LineCounter, iter_targets, read_lines
@@ -542,13 +615,21 @@ def _consume(
     targets = iter_targets(lines, config)
     already = 0
     if resume_state is not None:
-        targets = resume_state.pending(targets)
+        # A URL the resumed file already has a row for is in this run, not missing from it.
+        seen = (lambda target: changes.baseline.mark_seen(target.raw)) if changes is not None else None
+        targets = resume_state.pending(targets, seen)
         already = resume_state.finished
+    # Conditional requests are for reading: a POST with If-None-Match could get a 412 instead.
+    if changes is not None and changes.validators is not None and config.method in ("GET", "HEAD"):
+        from pooledfetch.baseline import with_conditions
+
+        targets = with_conditions(targets, changes.validators, need_saved_file=config.save_dir is not None)
     if count is not None:
         outputs.view.set_total(count)
     results = run(targets, config, cancel=cancel, progress=progress)
+    annotated = results if changes is None else changes.track(results)
     try:
-        for result in results:
+        for result in annotated:
             for sink in outputs.sinks:
                 sink.write(result)
             if counter is not None and counter.total is not None:

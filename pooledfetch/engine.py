@@ -293,6 +293,10 @@ def fetch_one(transport: Transport, target: Target, abandon: threading.Event, li
     host: str | None = None
     try:
         prepared = transport.prepare(target.url)
+        if target.conditions:
+            # A copy: prepare() may hand back the header dict every request shares.
+            prepared.headers = prepared.headers.copy()
+            prepared.headers.update(target.conditions)
         while True:
             final_url = prepared.url or final_url
             if limiter is not None:
@@ -317,10 +321,14 @@ def fetch_one(transport: Transport, target: Target, abandon: threading.Event, li
             drain_bounded(raw)
             location = transport.session.get_redirect_target(redirect) or ""
             prepared = transport.redirect_request(prepared, redirect, location)
+            # The validators belong to the URL's previous final response: the first hop only.
+            for name, _ in target.conditions:
+                prepared.headers.pop(name, None)
             redirects += 1
         ttfb_ms = _ms_since(start)
         if not error:
-            if config.save_dir is not None:
+            # A 304 to a conditional request has no body: the previous run's file is kept instead.
+            if config.save_dir is not None and not (target.conditions and raw.status == 304):
                 body.file = BodyFile(config.save_dir, target.index, final_url)
             _read_body(raw, config.max_bytes, abandon, body, deadline)
         if deadline is not None and time.monotonic() >= deadline:

@@ -12,7 +12,7 @@ import os
 import tempfile
 import zlib
 from array import array
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 from pooledfetch.errors import InputError
 from pooledfetch.results import CANCELLED, INTERRUPTED
@@ -42,17 +42,26 @@ class ResumeState:
     def is_finished(self, index: int, url: str) -> bool:
         return index < len(self._fingerprints) and self._fingerprints[index] == _fingerprint(url)
 
-    def pending(self, targets: Iterable[Target]) -> Iterator[Target]:
-        """The targets that still need a row, matched by index and by URL."""
+    def pending(self, targets: Iterable[Target], skipped: Callable[[Target], None] | None = None) -> Iterator[Target]:
+        """The targets that still need a row, matched by index and by URL; `skipped` hears of the others."""
         for target in targets:
             if not self.is_finished(target.index, target.raw):
                 yield target
+            elif skipped is not None:
+                skipped(target)
+
+
+def url_key(url: str) -> str:
+    """The form in which a URL of this run and a URL of a previous run's row are compared.
+
+    Rows show URLs masked or not (--show-credentials): compare the masked form either way.
+    """
+    return mask_credentials(url)
 
 
 def _fingerprint(url: str) -> int:
-    # Rows show URLs masked or not (--show-credentials): compare the masked form either way.
     # 0 marks "no row for this index", so fingerprints live in 1..2**32-1.
-    return zlib.crc32(mask_credentials(url).encode("utf-8", "surrogatepass")) % 0xFFFFFFFF + 1
+    return zlib.crc32(url_key(url).encode("utf-8", "surrogatepass")) % 0xFFFFFFFF + 1
 
 
 def load(path: str) -> ResumeState:

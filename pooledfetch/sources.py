@@ -29,12 +29,17 @@ _BAD_HOST_CHAR = re.compile(r"[\s<>\"{}|\\^`!$&'()*+,;=]")
 
 @dataclass(frozen=True, slots=True)
 class Target:
-    """One URL line: either a URL to fetch or the reason it cannot be fetched."""
+    """One URL line: either a URL to fetch or the reason it cannot be fetched.
+
+    `conditions` are conditional-request headers for the first hop (--if-changed), e.g.
+    `(("If-None-Match", '"v1"'),)`: plain pairs, so a Target stays a picklable record.
+    """
 
     index: int
     raw: str
     url: str | None
     invalid_reason: str | None = None
+    conditions: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

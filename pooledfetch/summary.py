@@ -7,7 +7,7 @@ The one-line `RunStats.summary_line()` stays the summary for pipes and logs.
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console, Group, RenderableType
 from rich.padding import Padding
@@ -20,13 +20,20 @@ from pooledfetch.pools import PoolAccounting
 from pooledfetch.stats import PERCENTILES, LatencyHistogram, RunStats, human_bytes
 from pooledfetch.text import printable
 
+if TYPE_CHECKING:
+    from pooledfetch.baseline import Changes
+
 TOP_HOSTS = 10
 # By status class; errors without a status are red too. Shared with the live view.
 STATUS_STYLES = {2: "green", 3: "cyan", 4: "yellow", 5: "red"}
+CHANGE_STYLES = {"new": "cyan", "fixed": "green", "broken": "red", "status_changed": "yellow", "slower": "yellow"}
 
 
-def summary_data(stats: RunStats, accounting: PoolAccounting, config: FetchConfig) -> dict[str, Any]:
-    """`stats.to_dict()` plus the connection-pool report (its per-host figures are in `top_hosts`)."""
+def summary_data(
+    stats: RunStats, accounting: PoolAccounting, config: FetchConfig, changes: Changes | None = None
+) -> dict[str, Any]:
+    """`stats.to_dict()` plus the connection-pool report (its per-host figures are in `top_hosts`),
+    and with a baseline the changes since it."""
     return {
         **stats.to_dict(),
         "pool": {
@@ -43,6 +50,7 @@ def summary_data(stats: RunStats, accounting: PoolAccounting, config: FetchConfi
             "pause_hosts": config.pause_hosts,
             "waited_s": round(accounting.limit_wait_seconds, 3),
         },
+        **(changes.to_dict() if changes is not None else {}),
     }
 
 
@@ -88,11 +96,19 @@ def write_summary_json(path: str, data: dict[str, Any]) -> None:
         raise ExportError(f"cannot write the summary to {path!r}: {exc.strerror or exc}") from None
 
 
-def print_summary(console: Console, stats: RunStats, accounting: PoolAccounting, config: FetchConfig) -> None:
-    console.print(render_summary(stats, accounting, config))
+def print_summary(
+    console: Console,
+    stats: RunStats,
+    accounting: PoolAccounting,
+    config: FetchConfig,
+    changes: Changes | None = None,
+) -> None:
+    console.print(render_summary(stats, accounting, config, changes))
 
 
-def render_summary(stats: RunStats, accounting: PoolAccounting, config: FetchConfig) -> RenderableType:
+def render_summary(
+    stats: RunStats, accounting: PoolAccounting, config: FetchConfig, changes: Changes | None = None
+) -> RenderableType:
     return Group(
         _section("Totals", _totals(stats)),
         _section("Latency (ms)", _latency(stats)),
@@ -100,6 +116,7 @@ def render_summary(stats: RunStats, accounting: PoolAccounting, config: FetchCon
         _section(f"Top {TOP_HOSTS} hosts", _hosts(stats)),
         _section("Connection pool", _pool(stats, accounting, config)),
         *([_section("Limits", _limits(stats, accounting, config))] if limits_in_force(config) else []),
+        *([_section("Changes since baseline", _changes(changes))] if changes is not None else []),
     )
 
 
@@ -227,6 +244,41 @@ def _limits(stats: RunStats, accounting: PoolAccounting, config: FetchConfig) ->
             ("waited", Text(f"{waited:,.2f} s in total across workers{per_url}")),
         ]
     )
+
+
+def _changes(changes: Changes) -> Table:
+    from pooledfetch.baseline import CHANGE_KINDS
+
+    count, first = changes.missing()
+    missing = Text(f"{count:,}", style="yellow" if count else "")
+    for url in first:
+        missing.append(f"\n{printable(url)}", style="dim")
+    if count > len(first):
+        missing.append("\n…", style="dim")
+    baseline = changes.baseline
+    read = Text(f"{printable(baseline.path)}: {baseline.rows:,} rows")
+    if baseline.skipped:
+        read.append(f", {baseline.skipped:,} lines skipped (not result rows)", style="yellow")
+    rows = [
+        ("baseline", read),
+        ("changes", _joined([(kind, changes.counts[kind], CHANGE_STYLES.get(kind, "")) for kind in CHANGE_KINDS])),
+        ("missing", missing),
+    ]
+    if changes.broken:
+        broken = Text()
+        for position, (url, old, new) in enumerate(changes.broken):
+            broken.append("\n" if position else "")
+            broken.append(f"{printable(old)} → {printable(new)}", style="red")
+            broken.append(f"  {printable(url)}")
+        rows.append(("broken", broken))
+    if changes.validators is not None:
+        rows.append(
+            (
+                "not modified",
+                Text(f"{changes.not_modified:,} fetches saved · {human_bytes(changes.bytes_saved)} not transferred"),
+            )
+        )
+    return _pairs(rows)
 
 
 def _discarded(accounting: PoolAccounting, config: FetchConfig) -> Text:
