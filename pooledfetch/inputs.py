@@ -294,4 +294,7 @@ def _csv_header(records: Iterator[list[str] | _BadRow], path: str) -> tuple[str,
 
 def _count_csv_rows(fmt: str, binary: BinaryIO) -> int:
     stream = io.TextIOWrapper(binary, encoding="utf-8-sig", errors="surrogateescape", newline="")
-    return max(sum(1 for _ in _csv_records(stream, fmt)) - 1, 0)
+    try:
+        return max(sum(1 for _ in _csv_records(stream, fmt)) - 1, 0)
+    finally:
+        stream.detach()  # the caller closes the file
