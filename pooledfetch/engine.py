@@ -61,7 +61,8 @@ def fetch_all(
     *,
     cancel: threading.Event | None = None,
 ) -> Iterator[Result]:
-    """Fetch every URL line and yield one `Result` per line, in completion order.
+    """Fetch every URL line and yield one `Result` per line, in completion order
+    (in input order with `config.keep_order`).
 
     Blank lines and `#` comments are skipped; every other line yields exactly one result,
     an invalid one included. Setting `cancel` stops submitting: the remaining lines come

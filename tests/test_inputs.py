@@ -17,7 +17,10 @@ from pathlib import Path
 import pytest
 from helpers import make_result
 from hostile import cli_command, offline_env
+from hypothesis import given
+from hypothesis import strategies as st
 from test_cli import run
+from test_properties import SETTINGS
 
 from pooledfetch import results as rc
 from pooledfetch.config import FetchConfig
@@ -306,3 +309,23 @@ def test_keep_order_ctrl_c_writes_every_row_in_input_order(demo_server: DemoServ
 def test_input_error_for_an_unreadable_table(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="cannot read input file"):
         Input([str(tmp_path / "missing.csv")])
+
+
+cells = st.text(max_size=12)
+
+
+@SETTINGS
+@given(rows=st.lists(st.tuples(cells, cells, cells), max_size=12), bom=st.booleans(), crlf=st.booleans())
+def test_every_csv_row_is_one_target_with_its_cells_unchanged(
+    tmp_path_factory: pytest.TempPathFactory, rows: list[tuple[str, str, str]], bom: bool, crlf: bool
+) -> None:
+    path = tmp_path_factory.mktemp("csv") / "t.csv"
+    with path.open("w", encoding="utf-8", newline="") as stream:
+        stream.write(BOM if bom else "")
+        csv.writer(stream, lineterminator="\r\n" if crlf else "\n").writerows([("url", "a", "b"), *rows])
+
+    targets = list(Input([str(path)]).targets(FetchConfig()))
+
+    assert [target.index for target in targets] == list(range(len(rows)))
+    assert [target.input_row for target in targets] == rows
+    assert all((target.url is None) != (target.invalid_reason is None) for target in targets)
