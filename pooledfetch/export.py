@@ -147,8 +147,13 @@ class CsvExporter(_FileExporter):
     def write_row(self, result: Result) -> None:
         cells = [csv_cell(getattr(result, name)) for name in FIELDS]
         if self._input_names:
-            cells[:0] = [csv_cell(value) for value in input_values(result, len(self._input_names))]
+            cells[:0] = [_input_cell(value) for value in input_values(result, len(self._input_names))]
         self._writer.writerow(cells)
+
+
+def _input_cell(value: object) -> str:
+    # A JSONL input's array or object goes in a cell as its JSON text.
+    return csv_cell(json.dumps(value, ensure_ascii=False) if isinstance(value, dict | list) else value)
 
 
 def csv_cell(value: object) -> str:
@@ -156,8 +161,6 @@ def csv_cell(value: object) -> str:
         return ""
     if isinstance(value, bool):
         return "true" if value else "false"
-    if isinstance(value, dict | list):
-        value = json.dumps(value, ensure_ascii=False)  # a nested JSONL input value
     if isinstance(value, str):
         return "'" + value if value.startswith(_FORMULA_STARTS) else value
     return str(value)
