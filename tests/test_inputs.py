@@ -284,6 +284,12 @@ def test_keep_order_when_cancelled_gives_every_row_in_order(demo_server: DemoSer
     assert demo_server.requests < len(lines) // 2
 
 
+def test_keep_order_with_a_per_host_limit_sends_and_writes_in_input_order(demo_server: DemoServer) -> None:
+    lines = with_invalid_lines(demo_server.base_url, 12)
+    config = FetchConfig(workers=4, keep_order=True, reorder_window=3, per_host_concurrency=2)
+    assert [result.index for result in fetch_all(lines, config)] == list(range(len(lines)))
+
+
 def test_keep_order_ctrl_c_writes_every_row_in_input_order(demo_server: DemoServer, tmp_path: Path) -> None:
     urls = tmp_path / "urls.txt"
     urls.write_text("\n".join(with_invalid_lines(demo_server.base_url, 200)) + "\n", encoding="utf-8")
