@@ -29,11 +29,12 @@ if TYPE_CHECKING:
     from pooledfetch.baseline import Changes
     from pooledfetch.config import FetchConfig
     from pooledfetch.engine import RunProgress
+    from pooledfetch.inputs import Input
     from pooledfetch.live import LiveView
     from pooledfetch.plain import PlainLines
     from pooledfetch.resume import ResumeState
     from pooledfetch.sink import NullView, Sink
-    from pooledfetch.sources import OverlongLine
+    from pooledfetch.sources import Target
     from pooledfetch.stats import RunStats
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b?)\s*$", re.IGNORECASE)
@@ -315,6 +316,27 @@ def _graceful_interrupts(cancel: threading.Event) -> Iterator[None]:
     show_default=True,
     help="Scheme for lines that start with a host (example.com/a).",
 )
+@click.option(
+    "--column",
+    metavar="NAME|N",
+    help="The column (CSV/TSV: a name or a 1-based number) or JSONL field holding the URLs.  [default: url]",
+)
+@click.option(
+    "--input-format",
+    type=click.Choice(["csv", "tsv", "jsonl", "lines"]),
+    help="Read every input (stdin too) as this format, instead of by file extension.",
+)
+@click.option(
+    "--keep-order",
+    is_flag=True,
+    help="Write rows in input order (a slow URL holds back the rows after it; see --reorder-window).",
+)
+@click.option(
+    "--reorder-window",
+    type=click.IntRange(min=1),
+    metavar="N",
+    help="With --keep-order: at most N URLs past the oldest unfinished one.  [default: 8 × workers]",
+)
 @click.option("--dedupe", is_flag=True, help="Skip exact repeats of a line (their index is not reused).")
 @click.option("--netrc", "use_netrc", is_flag=True, help="Send credentials from ~/.netrc (or $NETRC) per host.")
 @click.option("--show-credentials", is_flag=True, help="Show user:password in URLs instead of user:***.")
@@ -392,6 +414,7 @@ def _run(options: dict[str, Any]) -> ExitCode:
     from pooledfetch.engine import RunProgress
     from pooledfetch.errors import ConfigError
     from pooledfetch.export import open_exporter
+    from pooledfetch.inputs import Input
     from pooledfetch.stats import RunStats
 
     inputs: tuple[str, ...] = options["inputs"]
@@ -399,6 +422,8 @@ def _run(options: dict[str, Any]) -> ExitCode:
         if _stdin_is_terminal():
             raise click.UsageError("no input: give a file of URLs, '-' to read stdin, or --demo to try it out")
         inputs = ("-",)
+    if options["reorder_window"] is not None and not options["keep_order"]:
+        raise click.UsageError("--reorder-window needs --keep-order")
     if options["insecure"]:
         # The user asked for it once; urllib3 would otherwise warn once per connection.
         import warnings
@@ -454,27 +479,32 @@ def _run(options: dict[str, Any]) -> ExitCode:
                 proxy=options["proxy"],
                 save_dir=_save_dir(options["save_dir"]),
                 env_proxy=not options["no_env_proxy"],
+                keep_order=options["keep_order"],
+                reorder_window=options["reorder_window"] or 0,
             )
         except ConfigError as exc:
             raise click.UsageError(str(exc)) from None
 
+        # Headers are read now: a missing column is reported before any export is opened.
+        source = Input(inputs, options["input_format"], options["column"])
         progress = RunProgress()
         stats = stack.enter_context(RunStats())
         # Before any export or --resume opens (and may truncate, rewrite or append to) the same file.
         changes = _open_changes(stack, options, config)
-        outputs = _open_outputs(stack, options, config, stats, progress, changes)
+        outputs = _open_outputs(stack, options, config, stats, progress, source.names, changes)
         resume_state = None
         if options["resume"]:
             from pooledfetch import resume
 
             resume_state = resume.load(options["resume"])
-            outputs.sinks.append(stack.enter_context(open_exporter(options["resume"], "jsonl", append=True)))
+            resumed = open_exporter(options["resume"], "jsonl", append=True, input_names=source.names)
+            outputs.sinks.append(stack.enter_context(resumed))
 
         cancel = threading.Event()
         interrupted = False
         try:
             with _graceful_interrupts(cancel):
-                _consume(inputs, options["demo"], config, cancel, outputs, progress, resume_state, changes)
+                _consume(source, options["demo"], config, cancel, outputs, progress, resume_state, changes)
         except KeyboardInterrupt:
             interrupted = True
         interrupted = interrupted or cancel.is_set()
@@ -521,6 +551,7 @@ def _open_outputs(
     config: FetchConfig,
     stats: RunStats,
     progress: RunProgress,
+    input_names: tuple[str, ...],
     changes: Changes | None = None,
 ) -> _Outputs:
     """Decide once what goes where: results on stdout, the live view and summary on stderr."""
@@ -559,7 +590,8 @@ def _open_outputs(
         view = stack.enter_context(LiveView(console, stats, progress, config))
         sinks.append(view)
     for path in options["outputs"]:
-        sinks.append(stack.enter_context(open_exporter(path, format_for(path, options["export_format"]))))
+        exporter = open_exporter(path, format_for(path, options["export_format"]), input_names=input_names)
+        sinks.append(stack.enter_context(exporter))
     table_replaces_lines = live and _same_terminal(sys.stdout, sys.stderr)
     if not options["quiet"] and "-" not in options["outputs"] and not table_replaces_lines:
         sinks.append(stack.enter_context(_plain_lines()))
@@ -588,7 +620,7 @@ def _plain_lines() -> PlainLines:
 
 
 def _consume(
-    inputs: tuple[str, ...],
+    source: Input,
     demo: bool,
     config: FetchConfig,
     cancel: threading.Event,
@@ -598,21 +630,21 @@ def _consume(
     changes: Changes | None = None,
 ) -> None:
     from pooledfetch.engine import run
-    from pooledfetch.sources import LineCounter, iter_targets, read_lines
+    from pooledfetch.sources import iter_targets
 
-    lines: Iterable[str | bytes | OverlongLine]
-    if demo and not inputs:
+    targets: Iterable[Target]
+    if demo and not source.paths:
         from pooledfetch.demo import sample_lines
 
-        lines = sample = sample_lines()
+        sample = sample_lines()
+        targets = iter_targets(sample, config)
         count: int | None = sum(1 for line in sample if line.strip() and not line.startswith("#"))
         counter = None
     else:
-        lines = read_lines(inputs)
+        targets = source.targets(config)
         count = None
         # A total for the progress bar; with --dedupe the count would include the repeats.
-        counter = LineCounter(inputs) if outputs.live and not config.dedupe else None
-    targets = iter_targets(lines, config)
+        counter = source.counter() if outputs.live and not config.dedupe else None
     already = 0
     if resume_state is not None:
         # A URL the resumed file already has a row for is in this run, not missing from it.

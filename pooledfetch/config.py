@@ -20,6 +20,7 @@ DEFAULT_CONNECT_TIMEOUT = 10.0
 DEFAULT_READ_TIMEOUT = 30.0
 DEFAULT_MAX_REDIRECTS = 10
 DEFAULT_MAX_BYTES = 100 * 1000 * 1000
+DEFAULT_REORDER_WINDOW_PER_WORKER = 8
 DEFAULT_USER_AGENT = f"pooledfetch/{__version__}"
 FETCHABLE_SCHEMES = ("http", "https")
 
@@ -70,12 +71,17 @@ class FetchConfig:
     env_proxy: bool = True
     # A directory (existing) to save each body in; None saves nothing.
     save_dir: str | None = None
+    # Results in input order, at most `reorder_window` of them held (0 means 8 × workers).
+    keep_order: bool = False
+    reorder_window: int = 0
 
     def __post_init__(self) -> None:
         if self.pool_maxsize < 1:
             raise ConfigError("--pool-maxsize must be at least 1")
         if self.workers == 0:
             object.__setattr__(self, "workers", self.pool_maxsize)
+        if self.reorder_window == 0:
+            object.__setattr__(self, "reorder_window", DEFAULT_REORDER_WINDOW_PER_WORKER * self.workers)
         object.__setattr__(self, "method", self.method.upper())
         self._validate()
 
@@ -96,7 +102,7 @@ class FetchConfig:
         return (self.connect_timeout, self.read_timeout)
 
     def _validate(self) -> None:
-        for name in ("workers", "pool_connections", "pool_maxsize", "max_bytes"):
+        for name in ("workers", "pool_connections", "pool_maxsize", "max_bytes", "reorder_window"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{_option(name)} must be at least 1")
         for name in ("retries", "max_redirects"):

@@ -9,9 +9,10 @@ from __future__ import annotations
 import itertools
 import threading
 import time
+from collections import deque
 from collections.abc import Generator, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from queue import Empty, SimpleQueue
 
@@ -60,7 +61,8 @@ def fetch_all(
     *,
     cancel: threading.Event | None = None,
 ) -> Iterator[Result]:
-    """Fetch every URL line and yield one `Result` per line, in completion order.
+    """Fetch every URL line and yield one `Result` per line, in completion order
+    (in input order with `config.keep_order`).
 
     Blank lines and `#` comments are skipped; every other line yields exactly one result,
     an invalid one included. Setting `cancel` stops submitting: the remaining lines come
@@ -83,19 +85,17 @@ def run(
     abandon = threading.Event()
     transport = Transport(config, progress.accounting)
     limiter = Limiter.for_config(config, progress.accounting)
-    window = _host_window(targets, config)
+    keeper = _KeepOrder(config.reorder_window) if config.keep_order else None
+    # In input order, targets go out as they come: a host window would reorder them.
+    window = _host_window(targets, config) if keeper is None else None
     flight = _InFlight(progress) if window is None else _FairInFlight(progress, window)
     executor = ThreadPoolExecutor(config.workers, thread_name_prefix="pooledfetch")
     for _ in range(config.workers):
         executor.submit(_work, transport, flight.inbox, flight.outbox, abandon, limiter)
     try:
-        yield from _submit(window or _InputOrder(targets), flight, config, cancel, limiter)
-        while flight.pending and not cancel.is_set():
-            yield from flight.collect(_POLL_SECONDS)
-        if flight.pending:
-            if limiter is not None:
-                limiter.stop()  # nor during the grace period given to requests on the wire
-            yield from _wind_down(flight, config, abandon, grace_seconds)
+        source = window or _InputOrder(targets if keeper is None else keeper.taken(targets))
+        results = _stages(source, flight, config, cancel, limiter, keeper, abandon, grace_seconds)
+        yield from results if keeper is None else keeper.sort(results)
     finally:
         if limiter is not None:
             limiter.stop()
@@ -104,6 +104,28 @@ def run(
             flight.inbox.put(None)
         executor.shutdown(wait=False, cancel_futures=True)
         transport.close()
+
+
+def _stages(
+    source: HostWindow | _InputOrder,
+    flight: _InFlight,
+    config: FetchConfig,
+    cancel: threading.Event,
+    limiter: Limiter | None,
+    keeper: _KeepOrder | None,
+    abandon: threading.Event,
+    grace_seconds: float,
+) -> Iterator[Result]:
+    yield from _submit(source, flight, config, cancel, limiter, keeper)
+    while flight.pending and not cancel.is_set():
+        yield from flight.collect(_POLL_SECONDS)
+    if flight.pending:
+        if limiter is not None:
+            limiter.stop()  # nor during the grace period given to requests on the wire
+        yield from _wind_down(flight, config, abandon, grace_seconds)
+    # Only once nothing is in flight: in input order, these rows then go out at once, not held.
+    for target in source.drain():
+        yield _error_result(target, config, rc.CANCELLED, "run interrupted before this URL was sent")
 
 
 def _host_window(targets: Iterable[Target], config: FetchConfig) -> HostWindow | None:
@@ -135,14 +157,19 @@ def _submit(
     config: FetchConfig,
     cancel: threading.Event,
     limiter: Limiter | None,
+    keeper: _KeepOrder | None,
 ) -> Iterator[Result]:
     """Hand targets to the workers while keeping at most `max_in_flight` of them unconsumed.
 
     With a host window, only targets whose host has room are sent: when every buffered host is
     at its limit, results are collected (which frees room) rather than a target sent to wait
-    in a worker. Once cancelled, every target not sent yet gets a `cancelled` row.
+    in a worker. With a keeper (--keep-order), no target is taken while its window is full.
+    Once cancelled, the targets not sent yet are left in `source`.
     """
     while not cancel.is_set():
+        if keeper is not None and keeper.full:
+            yield from flight.collect(_POLL_SECONDS)
+            continue
         target = source.next_ready()
         if target is None:
             if source.exhausted:
@@ -156,8 +183,35 @@ def _submit(
                 yield from flight.collect(_POLL_SECONDS)
     if limiter is not None:
         limiter.stop()  # URLs waiting for a limit are never sent once the run is cancelled
-    for target in source.drain():
-        yield _error_result(target, config, rc.CANCELLED, "run interrupted before this URL was sent")
+
+
+class _KeepOrder:
+    """Results released in input order (--keep-order), with a bounded number held back.
+
+    A target counts from when it is taken from the input until its result is released, so while
+    the oldest unfinished one is outstanding at most `window - 1` results wait behind it. Used
+    by the consuming thread only; target indexes must be unique (every source's are).
+    """
+
+    def __init__(self, window: int) -> None:
+        self._window = window
+        self._order: deque[int] = deque()  # indexes taken and not released, in input order
+        self._held: dict[int, Result] = {}
+
+    @property
+    def full(self) -> bool:
+        return len(self._order) >= self._window
+
+    def taken(self, targets: Iterable[Target]) -> Iterator[Target]:
+        for target in targets:
+            self._order.append(target.index)
+            yield target
+
+    def sort(self, results: Iterable[Result]) -> Iterator[Result]:
+        for result in results:
+            self._held[result.index] = result
+            while self._order and self._order[0] in self._held:
+                yield self._held.pop(self._order.popleft())
 
 
 _Job = tuple[int, Target]
@@ -177,6 +231,8 @@ def _work(
             result = fetch_one(transport, target, abandon, limiter)
         except BaseException as exc:  # noqa: BLE001 - a bug in one fetch must not lose the row
             result = _error_result(target, transport.config, rc.OTHER, f"{type(exc).__name__}: {exc}")
+        if target.input_row:
+            result = replace(result, input_row=target.input_row)
         outbox.put((token, result))
 
 
@@ -478,6 +534,7 @@ def _error_result(target: Target, config: FetchConfig | None, error: str, detail
         conn_reused=None,
         connect_ms=None,
         pool_wait_ms=None,
+        input_row=target.input_row,
     )
 
 

@@ -6,6 +6,7 @@ import csv
 import json
 import os
 import sys
+from collections.abc import Sequence
 from typing import IO, Any
 
 from pooledfetch.errors import ExportError
@@ -32,10 +33,12 @@ def format_for(path: str, explicit: str | None) -> str:
     return _EXTENSIONS[extension]
 
 
-def open_exporter(path: str, fmt: str, append: bool = False) -> Sink:
+def open_exporter(path: str, fmt: str, append: bool = False, input_names: Sequence[str] = ()) -> Sink:
     """Open the export now, so an unwritable path is reported before any URL is fetched.
 
     `append` (JSONL only, for --resume) adds rows to an existing file instead of replacing it.
+    `input_names` name the values of each result's `input_row`, exported in front of the
+    result fields (pooledfetch.inputs makes them unique and apart from the field names).
     """
     if path == STDOUT:
         stream: IO[str] = sys.stdout
@@ -48,19 +51,29 @@ def open_exporter(path: str, fmt: str, append: bool = False) -> Sink:
             raise ExportError(f"cannot write export {path!r}: {exc.strerror}") from exc
         owned = True
     exporter = {"csv": CsvExporter, "json": JsonExporter, "jsonl": JsonlExporter}[fmt]
-    return exporter(stream, path, owned)
+    return exporter(stream, path, owned, tuple(input_names))
 
 
-def row_dict(result: Result) -> dict[str, Any]:
+def row_dict(result: Result, input_names: tuple[str, ...] = ()) -> dict[str, Any]:
     # Not dataclasses.asdict: it deep-copies every value and costs 3x as much per row.
-    return {name: getattr(result, name) for name in FIELDS}
+    row = {name: getattr(result, name) for name in FIELDS}
+    if input_names:
+        return dict(zip(input_names, input_values(result, len(input_names)), strict=True)) | row
+    return row
+
+
+def input_values(result: Result, width: int) -> tuple[object, ...]:
+    """The result's input row, exactly `width` values long (None fills a short one)."""
+    values = result.input_row
+    return values if len(values) == width else (*values, *(None,) * width)[:width]
 
 
 class _FileExporter(Sink):
-    def __init__(self, stream: IO[str], path: str, owned: bool) -> None:
+    def __init__(self, stream: IO[str], path: str, owned: bool, input_names: tuple[str, ...] = ()) -> None:
         self._stream = stream
         self._path = path
         self._owned = owned
+        self._input_names = input_names
         self._closed = False
         self._failed = False
         try:
@@ -106,7 +119,7 @@ class _FileExporter(Sink):
 
 class JsonlExporter(_FileExporter):
     def write_row(self, result: Result) -> None:
-        self._stream.write(json.dumps(row_dict(result)) + "\n")
+        self._stream.write(json.dumps(row_dict(result, self._input_names)) + "\n")
 
 
 class JsonExporter(_FileExporter):
@@ -120,7 +133,7 @@ class JsonExporter(_FileExporter):
     def write_row(self, result: Result) -> None:
         separator = "\n" if self._first else ",\n"
         self._first = False
-        self._stream.write(separator + json.dumps(row_dict(result)))
+        self._stream.write(separator + json.dumps(row_dict(result, self._input_names)))
 
     def end(self) -> None:
         self._stream.write("\n]\n")
@@ -129,10 +142,18 @@ class JsonExporter(_FileExporter):
 class CsvExporter(_FileExporter):
     def begin(self) -> None:
         self._writer = csv.writer(self._stream)
-        self._writer.writerow(FIELDS)
+        self._writer.writerow((*self._input_names, *FIELDS))
 
     def write_row(self, result: Result) -> None:
-        self._writer.writerow([csv_cell(getattr(result, name)) for name in FIELDS])
+        cells = [csv_cell(getattr(result, name)) for name in FIELDS]
+        if self._input_names:
+            cells[:0] = [_input_cell(value) for value in input_values(result, len(self._input_names))]
+        self._writer.writerow(cells)
+
+
+def _input_cell(value: object) -> str:
+    # A JSONL input's array or object goes in a cell as its JSON text.
+    return csv_cell(json.dumps(value, ensure_ascii=False) if isinstance(value, dict | list) else value)
 
 
 def csv_cell(value: object) -> str:

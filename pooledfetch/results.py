@@ -67,6 +67,10 @@ class Result:
     last_modified: str = ""
     worker: str = ""
     change: str = ""
+    # Appended in 1.3: the input row's values (CSV/TSV cells, JSONL values) carried from the
+    # Target, empty for plain lists. Not a column itself: exporters spread it, under the
+    # input's column names, in front of the other fields.
+    input_row: tuple[object, ...] = ()
 
     @property
     def got_response(self) -> bool:
@@ -74,7 +78,9 @@ class Result:
         return self.status is not None and not self.error
 
 
-FIELDS: tuple[str, ...] = tuple(f.name for f in fields(Result))
+INPUT_ROW = "input_row"
+# The result columns of an export, in order (the input's own columns go in front of them).
+FIELDS: tuple[str, ...] = tuple(f.name for f in fields(Result) if f.name != INPUT_ROW)
 
 
 def classify(exc: BaseException) -> tuple[str, str]:

@@ -6,8 +6,9 @@ import hashlib
 import re
 import sys
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import BinaryIO
 from urllib.parse import urljoin, urlsplit
 
 from pooledfetch.config import FETCHABLE_SCHEMES, FetchConfig
@@ -33,6 +34,9 @@ class Target:
 
     `conditions` are conditional-request headers for the first hop (--if-changed), e.g.
     `(("If-None-Match", '"v1"'),)`: plain pairs, so a Target stays a picklable record.
+    `input_row` holds the cells of a CSV/TSV row or the values of a JSONL object, in the
+    input's column order (see pooledfetch.inputs), to come back with the result; empty for
+    plain lists. Plain values only, so a Target pickles to a worker process.
     """
 
     index: int
@@ -40,6 +44,7 @@ class Target:
     url: str | None
     invalid_reason: str | None = None
     conditions: tuple[tuple[str, str], ...] = ()
+    input_row: tuple[object, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,16 +88,12 @@ def iter_targets(lines: Iterable[str | bytes | OverlongLine], config: FetchConfi
     seen: set[bytes] = set()
     index = 0
     for line in lines:
-        raw, decode_problem = _decode(line)
+        raw, decode_problem = decode_line(line)
         if not raw or raw.startswith("#"):
             continue
-        if config.dedupe:
-            # A 16-byte digest per line instead of the line itself keeps memory flat-ish.
-            digest = hashlib.blake2b(raw.encode("utf-8", "surrogatepass"), digest_size=16).digest()
-            if digest in seen:
-                index += 1
-                continue
-            seen.add(digest)
+        if config.dedupe and repeated(raw, seen):
+            index += 1
+            continue
         if decode_problem:
             yield Target(index, raw, None, decode_problem)
         else:
@@ -101,22 +102,32 @@ def iter_targets(lines: Iterable[str | bytes | OverlongLine], config: FetchConfi
         index += 1
 
 
-def _decode(line: str | bytes | OverlongLine) -> tuple[str, str | None]:
+def repeated(raw: str, seen: set[bytes]) -> bool:
+    """True when `raw` is in `seen` (for --dedupe); otherwise it is added."""
+    # A 16-byte digest per line instead of the line itself keeps memory flat-ish.
+    digest = hashlib.blake2b(raw.encode("utf-8", "surrogatepass"), digest_size=16).digest()
+    if digest in seen:
+        return True
+    seen.add(digest)
+    return False
+
+
+def decode_line(line: str | bytes | OverlongLine) -> tuple[str, str | None]:
     if isinstance(line, OverlongLine):
         prefix = line.prefix.decode("utf-8", "backslashreplace")
-        return _strip(prefix) + "…", f"line longer than {MAX_LINE_BYTES} bytes"
+        return strip_line(prefix) + "…", f"line longer than {MAX_LINE_BYTES} bytes"
     if isinstance(line, bytes):
         line = line.removeprefix(_UTF8_BOM_BYTES)
         try:
             text = line.decode("utf-8")
         except UnicodeDecodeError:
-            return _strip(line.decode("utf-8", "backslashreplace")), "line is not valid UTF-8"
+            return strip_line(line.decode("utf-8", "backslashreplace")), "line is not valid UTF-8"
     else:
         text = line.removeprefix(_UTF8_BOM)
-    return _strip(text), None
+    return strip_line(text), None
 
 
-def _strip(text: str) -> str:
+def strip_line(text: str) -> str:
     # ASCII whitespace only: str.strip() would also eat \x1c-\x1f and \x85, silently changing a URL.
     return text.strip(" \t\r\n\x0b\x0c")
 
@@ -181,30 +192,41 @@ def _starts_with_host(text: str) -> bool:
 class LineCounter:
     """Counts the URL lines of input files in a background pass, for a progress total.
 
-    stdin cannot be read twice, so an input list with `-` has no total.
+    `count` counts one opened file (the URL lines of a plain list by default; pooledfetch.inputs
+    passes a row counter for CSV, TSV and JSONL). stdin cannot be read twice, so an input list
+    with `-` has no total.
     """
 
-    def __init__(self, paths: Sequence[str]) -> None:
+    def __init__(self, paths: Sequence[str], count: Callable[[BinaryIO], int] | None = None) -> None:
         self._total: int | None = None
         if STDIN not in paths:
-            threading.Thread(target=self._count, args=(paths,), name="pooledfetch-count", daemon=True).start()
+            threading.Thread(
+                target=self._count, args=(paths, count or count_lines), name="pooledfetch-count", daemon=True
+            ).start()
 
     @property
     def total(self) -> int | None:
         """The count once the pass is done, None until then (or for stdin)."""
         return self._total
 
-    def _count(self, paths: Sequence[str]) -> None:
-        count = 0
+    def _count(self, paths: Sequence[str], count: Callable[[BinaryIO], int]) -> None:
+        total = 0
         try:
             for path in paths:
                 with open(path, "rb") as stream:
-                    for line in _bounded_lines(stream):
-                        if isinstance(line, OverlongLine):
-                            count += 1
-                            continue
-                        stripped = line.removeprefix(_UTF8_BOM_BYTES).strip(b" \t\r\n\x0b\x0c")
-                        count += bool(stripped) and not stripped.startswith(b"#")
-        except OSError:
+                    total += count(stream)
+        except (OSError, ValueError):
             return  # the real read reports it
-        self._total = count
+        self._total = total
+
+
+def count_lines(stream: BinaryIO, comments: bool = True) -> int:
+    """The URL lines of a plain list: not blank and (with `comments`) not a `#` comment."""
+    count = 0
+    for line in _bounded_lines(stream):
+        if isinstance(line, OverlongLine):
+            count += 1
+            continue
+        stripped = line.removeprefix(_UTF8_BOM_BYTES).strip(b" \t\r\n\x0b\x0c")
+        count += bool(stripped) and not (comments and stripped.startswith(b"#"))
+    return count
