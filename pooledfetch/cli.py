@@ -92,6 +92,17 @@ def _body(value: str | None) -> bytes | None:
         raise click.BadParameter(f"cannot read body file {path!r}: {exc.strerror}") from None
 
 
+def _processes(ctx: click.Context, param: click.Parameter, value: str | None) -> int | None:
+    """`--processes N`, or `auto` for one per CPU core."""
+    if value is None:
+        return None
+    if value.strip().lower() == "auto":
+        return os.cpu_count() or 1
+    if not value.strip().isdigit() or int(value) < 1:
+        raise click.BadParameter(f"{value!r} is not a number of processes (1 or more) or 'auto'")
+    return int(value)
+
+
 def _stdin_is_terminal() -> bool:
     return sys.stdin is None or sys.stdin.isatty()
 
@@ -306,6 +317,25 @@ def _graceful_interrupts(cancel: threading.Event) -> Iterator[None]:
 @click.option("--no-live", is_flag=True, help="No live table on a terminal (it is off anyway for pipes and -q).")
 @click.option("--summary-json", metavar="PATH", help="Write the run summary as JSON (also with -q).")
 @click.option("--debug", is_flag=True, help="Show tracebacks for unexpected errors.")
+@click.option(
+    "--processes",
+    metavar="N|auto",
+    callback=_processes,
+    help="Fetch on N worker processes of this machine (a Dask LocalCluster; auto: one per CPU core),"
+    " each with --workers threads. Needs pooledfetch[dask].",
+)
+@click.option(
+    "--dask-scheduler",
+    metavar="ADDRESS",
+    help="Fetch on the Dask cluster at ADDRESS (tcp://host:8786). Needs pooledfetch[dask].",
+)
+@click.option(
+    "--chunk-size",
+    type=click.IntRange(min=1),
+    metavar="N",
+    help="URLs per Dask task with --processes or --dask-scheduler."
+    "  [default: 256, or about 1 s of work under --rate/--per-host-rate]",
+)
 @click.version_option(__version__, "-V", "--version", prog_name="pooledfetch")
 def cli(**options: Any) -> None:
     """Fetch every URL in INPUTS (files, '-' for stdin) through one pooled HTTP session.
@@ -334,6 +364,10 @@ def _run(options: dict[str, Any]) -> ExitCode:
     from pooledfetch.stats import RunStats
 
     inputs: tuple[str, ...] = options["inputs"]
+    if options["processes"] is not None and options["dask_scheduler"] is not None:
+        raise click.UsageError("use --processes (a cluster on this machine) or --dask-scheduler, not both")
+    if options["chunk_size"] is not None and options["processes"] is None and options["dask_scheduler"] is None:
+        raise click.UsageError("--chunk-size needs --processes or --dask-scheduler")
     if not inputs and not options["demo"]:
         if _stdin_is_terminal():
             raise click.UsageError("no input: give a file of URLs, '-' to read stdin, or --demo to try it out")
@@ -411,7 +445,8 @@ def _run(options: dict[str, Any]) -> ExitCode:
         interrupted = False
         try:
             with _graceful_interrupts(cancel):
-                _consume(inputs, options["demo"], config, cancel, outputs, progress, resume_state)
+                client = _cluster_client(stack, options, config)
+                _consume(inputs, options["demo"], config, cancel, outputs, progress, resume_state, client)
         except KeyboardInterrupt:
             interrupted = True
         interrupted = interrupted or cancel.is_set()
@@ -498,6 +533,26 @@ def _plain_lines() -> PlainLines:
     return PlainLines(sys.stdout, colour)
 
 
+def _cluster_client(stack: ExitStack, options: dict[str, Any], config: FetchConfig) -> _ClusterClient | None:
+    """With --processes or --dask-scheduler, a connected Dask client (kept open until the run ends)."""
+    processes, scheduler = options["processes"], options["dask_scheduler"]
+    if processes is None and scheduler is None:
+        return None
+    from pooledfetch import cluster
+
+    client = stack.enter_context(cluster.connect(processes, scheduler, config.connect_timeout))
+    link = cluster.dashboard_link(client)
+    if link is not None and not options["quiet"]:
+        click.echo(f"pooledfetch: Dask dashboard at {link}", err=True)
+    return _ClusterClient(client, options["chunk_size"])
+
+
+@dataclass(frozen=True)
+class _ClusterClient:
+    client: Any  # distributed.Client, whose import waits until a cluster is asked for
+    chunk_size: int | None
+
+
 def _consume(
     inputs: tuple[str, ...],
     demo: bool,
@@ -506,6 +561,7 @@ def _consume(
     outputs: _Outputs,
     progress: RunProgress,
     resume_state: ResumeState | None,
+    cluster_client: _ClusterClient | None = None,
 ) -> None:
     from pooledfetch.engine import run
     from pooledfetch.sources import LineCounter, iter_targets, read_lines
@@ -529,7 +585,19 @@ def _consume(
         already = resume_state.finished
     if count is not None:
         outputs.view.set_total(count)
-    results = run(targets, config, cancel=cancel, progress=progress)
+    if cluster_client is None:
+        results = run(targets, config, cancel=cancel, progress=progress)
+    else:
+        from pooledfetch.cluster import run_on_cluster
+
+        results = run_on_cluster(
+            targets,
+            config,
+            cluster_client.client,
+            cancel=cancel,
+            progress=progress,
+            chunk_size=cluster_client.chunk_size,
+        )
     try:
         for result in results:
             for sink in outputs.sinks:

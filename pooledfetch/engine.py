@@ -14,6 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from queue import Empty, SimpleQueue
+from typing import Any
 
 import requests
 import urllib3.exceptions as uex
@@ -59,14 +60,20 @@ def fetch_all(
     config: FetchConfig | None = None,
     *,
     cancel: threading.Event | None = None,
+    client: Any = None,
 ) -> Iterator[Result]:
     """Fetch every URL line and yield one `Result` per line, in completion order.
 
     Blank lines and `#` comments are skipped; every other line yields exactly one result,
     an invalid one included. Setting `cancel` stops submitting: the remaining lines come
     back as `cancelled` rows and requests already on the wire get a short grace period.
+    With a Dask `client` (distributed.Client), the URLs are fetched in chunks on its workers.
     """
     config = config or FetchConfig()
+    if client is not None:
+        from pooledfetch.cluster import run_on_cluster
+
+        return run_on_cluster(iter_targets(urls, config), config, client, cancel=cancel)
     return run(iter_targets(urls, config), config, cancel=cancel)
 
 
@@ -77,12 +84,22 @@ def run(
     cancel: threading.Event | None = None,
     grace_seconds: float = DEFAULT_GRACE_SECONDS,
     progress: RunProgress | None = None,
+    transport: Transport | None = None,
+    limiter: Limiter | None = None,
 ) -> Generator[Result, None, None]:
+    """Fetch `targets`, yielding one Result per target as each completes.
+
+    A `transport` given by the caller (a Dask worker's, kept across chunks) is used and left
+    open; so is its `limiter`, made for this run with the same config and accounting.
+    """
     cancel = cancel or threading.Event()
     progress = progress or RunProgress()
     abandon = threading.Event()
-    transport = Transport(config, progress.accounting)
-    limiter = Limiter.for_config(config, progress.accounting)
+    owned = transport is None
+    if transport is None:
+        transport = Transport(config, progress.accounting)
+    if limiter is None:
+        limiter = Limiter.for_config(config, progress.accounting)
     window = _host_window(targets, config)
     flight = _InFlight(progress) if window is None else _FairInFlight(progress, window)
     executor = ThreadPoolExecutor(config.workers, thread_name_prefix="pooledfetch")
@@ -103,7 +120,8 @@ def run(
         for _ in range(config.workers):
             flight.inbox.put(None)
         executor.shutdown(wait=False, cancel_futures=True)
-        transport.close()
+        if owned:
+            transport.close()
 
 
 def _host_window(targets: Iterable[Target], config: FetchConfig) -> HostWindow | None:
