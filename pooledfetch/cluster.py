@@ -184,7 +184,7 @@ class _Dispatch:
         by_host = config.per_host_concurrency is not None or config.per_host_rate is not None or config.pause_hosts
         self._chunks: _HostChunks | _InputChunks = _HostChunks(valid, size) if by_host else _InputChunks(valid, size)
         self._max_in_flight = CHUNKS_PER_WORKER * processes
-        self._in_flight: dict[distributed.Future, _Sent] = {}
+        self._in_flight: dict[distributed.Future[ChunkDone], _Sent] = {}
         self._holds: dict[str, float] = {}
         self._run_id = uuid.uuid4().hex
         self._keys = (f"pooledfetch-{self._run_id}-{number}" for number in itertools.count())
@@ -257,7 +257,7 @@ class _Dispatch:
         for future in done:
             yield from self._rows_of(future)
 
-    def _rows_of(self, future: distributed.Future) -> Iterator[Result]:
+    def _rows_of(self, future: distributed.Future[ChunkDone]) -> Iterator[Result]:
         sent = self._in_flight.pop(future)
         self._count_in_flight()
         self._chunks.finished(sent.host)
@@ -287,13 +287,14 @@ class _Dispatch:
             now = time.time()
             self._holds = {host: until for host, until in self._holds.items() if until > now}
 
-    def _release(self, future: distributed.Future) -> None:
+    def _release(self, future: distributed.Future[ChunkDone]) -> None:
         """Release the chunk's at-most-once marker (its task will not run again), then the task."""
         if self._markers:
             try:
                 holder = self._client.get_metadata([future.key, _MARKER], default=None)
-                if holder is not None:
-                    self._client.sync(self._client.scheduler.multi_lock_release, id=holder)
+                scheduler = self._client.scheduler
+                if holder is not None and scheduler is not None:
+                    self._client.sync(scheduler.multi_lock_release, id=holder)
             except (OSError, TimeoutError):
                 pass  # the scheduler is gone, and its markers with it
         future.release()
