@@ -72,7 +72,25 @@ def connect(processes: int | None, scheduler: str | None, connect_timeout: float
     """A client of a new LocalCluster of `processes` workers, or of the cluster at `scheduler`.
 
     A LocalCluster started here is shut down on the way out, its worker processes with it.
+    Dask's own log lines (a worker restarted, the scheduler gone, with tracebacks) are kept
+    quiet meanwhile: what they tell, the rows and pooledfetch's one error line tell.
     """
+    # Dask configures some of its loggers (distributed.client among them) with their own
+    # handler and level, so each is quietened, not just the parent.
+    names = ["distributed"] + [name for name in logging.root.manager.loggerDict if name.startswith("distributed.")]
+    levels = {name: logging.getLogger(name).level for name in names}
+    for name in names:
+        logging.getLogger(name).setLevel(logging.CRITICAL)
+    try:
+        with _connected(processes, scheduler, connect_timeout) as client:
+            yield client
+    finally:
+        for name, level in levels.items():
+            logging.getLogger(name).setLevel(level)
+
+
+@contextmanager
+def _connected(processes: int | None, scheduler: str | None, connect_timeout: float) -> Iterator[distributed.Client]:
     if scheduler is not None:
         try:
             client = distributed.Client(scheduler, timeout=connect_timeout, set_as_default=False)
@@ -93,7 +111,7 @@ def connect(processes: int | None, scheduler: str | None, connect_timeout: float
             processes=True,
             host="127.0.0.1",
             dashboard_address=dashboard,
-            silence_logs=logging.ERROR,
+            silence_logs=logging.CRITICAL,
         ) as cluster,
         distributed.Client(cluster, set_as_default=False) as client,
     ):
@@ -101,8 +119,12 @@ def connect(processes: int | None, scheduler: str | None, connect_timeout: float
 
 
 def dashboard_link(client: distributed.Client) -> str | None:
-    """The Dask dashboard's address, when the scheduler serves one."""
+    """The Dask dashboard's address, when the scheduler serves one (it needs bokeh there: without
+    it the same port only answers health checks)."""
     if "dashboard" not in client.scheduler_info().get("services", {}):
+        return None
+    # A lambda travels by value: the scheduler need not have pooledfetch installed.
+    if not client.run_on_scheduler(lambda: importlib.util.find_spec("bokeh") is not None):
         return None
     link: str = client.dashboard_link
     return link
@@ -348,7 +370,9 @@ class _SchedulerLost(Exception):
 
 
 def _message(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    """The exception's name and the first line of its message (Dask's run to several)."""
+    first = str(exc).strip().partition("\n")[0]
+    return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
 
 
 def _lost(sent: _Sent, config: FetchConfig, detail: str, error: str = rc.WORKER_LOST) -> ChunkDone:

@@ -382,18 +382,20 @@ def other_server() -> Iterator[_RecordingServer]:
     yield from serving(_RecordingServer())
 
 
-def _run_killing_a_worker(client: Any, server: _SlowServer, config: FetchConfig, count: int) -> list[Any]:
+def _run_killing_a_worker(client: Any, server: _SlowServer, config: FetchConfig, count: int) -> list[Result]:
+    """Fetch `count` slow URLs in chunks of 6 and SIGKILL a worker process part way through."""
     urls = [f"{server.base_url}/u{i}?s=0.15" for i in range(count)]
-    rows: list[Any] = []
-    killer = threading.Thread(
-        target=lambda: (
-            wait_until(lambda: server.requests() >= 12, 30, "12 requests"),
-            server.kill_a_client_mid_request(),
-        )
-    )
+    killed: list[int] = []
+
+    def kill() -> None:
+        wait_until(lambda: server.requests() >= 12, 30, "12 requests")
+        killed.append(server.kill_a_client_mid_request())
+
+    killer = threading.Thread(target=kill)
     killer.start()
     rows = list(cluster.run_on_cluster(iter_targets(urls, config), config, client, chunk_size=6))
     killer.join(30)
+    assert killed and not psutil.pid_exists(killed[0])
     return rows
 
 
