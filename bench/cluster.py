@@ -123,7 +123,11 @@ def compare(name: str, urls: list[str], server: nginx.Nginx, work: Path, args: a
 
 def client_rss(server: nginx.Nginx, work: Path, args: argparse.Namespace) -> str:
     """Peak client RSS in cluster mode at a tenth of the lines and at all of them: flat means equal."""
-    lines = ["\n### client memory, cluster mode (one run each)\n", "| lines | URLs/s | client peak RSS MB |", "|---|---|---|"]
+    lines = [
+        "\n### client memory, cluster mode (one run each)\n",
+        "| lines | URLs/s | client peak RSS MB |",
+        "|---|---|---|",
+    ]
     for count in sorted({max(1, args.rss_lines // 10), args.rss_lines}):
         url_file = work / f"rss-{count}.txt"
         with open(url_file, "w") as stream:
@@ -142,7 +146,9 @@ def main() -> None:
     parser.add_argument("--urls", type=int, default=20_000)
     parser.add_argument("--workers", type=int, default=50, help="total fetch threads, shared out among processes")
     parser.add_argument("--processes", type=int, default=2)
-    parser.add_argument("--rss-lines", type=int, default=1_000_000, help="input size for the client RSS check (0: skip)")
+    parser.add_argument(
+        "--rss-lines", type=int, default=1_000_000, help="input size for the client RSS check (0: skip)"
+    )
     parser.add_argument("--no-latency", action="store_true", help="skip the 40 ms HTTPS scenario")
     args = parser.parse_args()
 

@@ -123,8 +123,11 @@ def dashboard_link(client: distributed.Client) -> str | None:
     it the same port only answers health checks)."""
     if "dashboard" not in client.scheduler_info().get("services", {}):
         return None
-    # A lambda travels by value: the scheduler need not have pooledfetch installed.
-    if not client.run_on_scheduler(lambda: importlib.util.find_spec("bokeh") is not None):
+    try:
+        # A lambda travels by value: the scheduler need not have pooledfetch installed.
+        if not client.run_on_scheduler(lambda: importlib.util.find_spec("bokeh") is not None):
+            return None
+    except Exception:  # noqa: BLE001 - a scheduler that will not run it keeps its dashboard to itself
         return None
     link: str = client.dashboard_link
     return link

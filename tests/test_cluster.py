@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import http.server
+import importlib.util
 import json
 import os
 import signal
@@ -136,7 +137,7 @@ def test_rate_is_shared_out_and_chunks_sized_to_it(dask_client: Any, server: _Re
     rows = list(fetch_all(urls, config, client=dask_client))
     elapsed = time.monotonic() - began
     assert all(row.ok for row in rows)
-    assert 2.5 <= elapsed <= 6.0
+    assert 2.5 <= elapsed <= 8.0
     assert _most_in_one_second(server.starts()) <= 23
     assert len({row.worker for row in rows}) == 2
 
@@ -150,6 +151,11 @@ def test_a_host_paused_by_retry_after_stays_paused_for_its_next_chunk(
     assert len(rows) == 7
     starts = server.starts()
     assert starts[1] - starts[0] >= 1.8  # the chunks after the 429 ran in either process, after its pause
+
+
+@pytest.mark.skipif(importlib.util.find_spec("bokeh") is not None, reason="bokeh is installed")
+def test_no_dashboard_link_without_bokeh(dask_client: Any) -> None:
+    assert cluster.dashboard_link(dask_client) is None
 
 
 # --- chunking, without a cluster ---------------------------------------------------------------------------------
