@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import http.server
 import importlib.util
+import io
 import json
 import os
 import signal
@@ -95,9 +96,11 @@ def test_fetch_all_takes_a_client(dask_client: Any, demo_server: DemoServer) -> 
 
 
 def test_per_worker_figures_add_up(dask_client: Any, demo_server: DemoServer) -> None:
+    from rich.console import Console
+
     from pooledfetch.engine import RunProgress
     from pooledfetch.stats import RunStats
-    from pooledfetch.summary import summary_data
+    from pooledfetch.summary import render_summary, summary_data
 
     config = FetchConfig(workers=2)
     progress = RunProgress()
@@ -117,6 +120,28 @@ def test_per_worker_figures_add_up(dask_client: Any, demo_server: DemoServer) ->
     workers = summary_data(stats, accounting, config)["workers"]
     assert {name: figures["urls"] for name, figures in workers.items()} == Counter(row.worker for row in rows)
     assert sum(figures["connections_reused"] for figures in workers.values()) >= 80 - accounting.connections_opened
+    console = Console(file=io.StringIO(), width=120, record=True)
+    console.print(render_summary(stats, accounting, config))
+    text = console.export_text()
+    assert "Dask workers" in text and all(name in text for name in workers)
+
+
+def _kept_transports() -> int:
+    from pooledfetch import cluster
+
+    return len(cluster._ENGINES)
+
+
+def test_each_worker_process_keeps_its_transport_until_the_worker_stops(
+    dask_client: Any, demo_server: DemoServer
+) -> None:
+    config = FetchConfig(workers=2)
+    lines = [f"{demo_server.base_url}/status/200?i={i}" for i in range(40)]
+    assert len(list(cluster.run_on_cluster(iter_targets(lines, config), config, dask_client, chunk_size=5))) == 40
+    assert set(dask_client.run(_kept_transports).values()) == {1}
+    # A worker stopping tears its plugins down; re-registering the plugin does the same.
+    dask_client.register_plugin(cluster.TransportPlugin())
+    assert set(dask_client.run(_kept_transports).values()) == {0}
 
 
 def test_per_host_concurrency_holds_across_processes(
