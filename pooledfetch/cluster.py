@@ -56,6 +56,8 @@ CHUNKS_PER_WORKER = 2
 RESENDABLE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
 # How long the client waits after Ctrl-C for running chunks to wind down and return their rows.
 CANCEL_WAIT_SECONDS = DEFAULT_GRACE_SECONDS + 10.0
+# How long after a chunk's task is released its marker is (see _Dispatch._release).
+MARKER_RELEASE_DELAY = 2.0
 _POLL_SECONDS = 0.2
 _DONE_POLL_SECONDS = 0.01
 _CANCEL_POLL_SECONDS = 0.25
@@ -133,8 +135,9 @@ def dashboard_link(client: distributed.Client) -> str | None:
     return link
 
 
-def chunk_size_for(config: FetchConfig, processes: int) -> int:
-    """Targets per chunk: DEFAULT_CHUNK, or about CHUNK_SECONDS of work under a rate limit."""
+def chunk_size_for(config: FetchConfig) -> int:
+    """Targets per chunk of a worker process's `config` (its share of --rate): DEFAULT_CHUNK,
+    or about CHUNK_SECONDS of work under a rate limit."""
     rates = [rate for rate in (config.rate, config.per_host_rate) if rate is not None]
     if rates:
         return max(1, min(DEFAULT_CHUNK, round(min(rates) * CHUNK_SECONDS)))
@@ -203,7 +206,7 @@ class _Dispatch:
         processes = max(1, len(client.scheduler_info().get("workers", {})))
         # --rate is shared out: each process runs one chunk at a time at its share.
         self._worker_config = replace(config, rate=config.rate / processes) if config.rate is not None else config
-        size = chunk_size or chunk_size_for(self._worker_config, processes)
+        size = chunk_size or chunk_size_for(self._worker_config)
         self._invalid: deque[Target] = deque()
         valid = self._valid_only(targets)
         by_host = config.per_host_concurrency is not None or config.per_host_rate is not None or config.pause_hosts
@@ -214,6 +217,7 @@ class _Dispatch:
         self._run_id = uuid.uuid4().hex
         self._keys = (f"pooledfetch-{self._run_id}-{number}" for number in itertools.count())
         self._markers = config.method not in RESENDABLE_METHODS
+        self._spent: deque[tuple[float, str]] = deque()  # (when its task was released, marker holder)
         self._cancel_event = distributed.Event(_cancel_event_name(self._run_id), client=client)
         # Re-registering replaces the plugin on every worker; the Transports it closes reopen on use.
         client.register_plugin(TransportPlugin())
@@ -236,12 +240,12 @@ class _Dispatch:
                 if sent:
                     continue
                 if not self._in_flight and self._chunks.exhausted:
+                    yield from self._invalid_rows()  # any read by that last look at the input
                     return
                 yield from self._collect(_POLL_SECONDS)
             yield from self._wind_down()
         except _SchedulerLost as exc:
             lost = str(exc)
-            yield from self._invalid_rows()
             yield from self._abandon(rc.WORKER_LOST, f"the Dask scheduler was lost: {lost}")
         finally:
             self._finish()
@@ -289,14 +293,14 @@ class _Dispatch:
         try:
             outcome: ChunkDone = future.result()
         except distributed.KilledWorker as exc:
-            outcome = _lost(sent, self._config, f"Dask gave up on this chunk: {exc}")
+            outcome = _lost(sent, self._config, f"Dask gave up on this chunk: {_message(exc)}")
         except (CancelledError, OSError) as exc:
             if self._client.status != "running":
                 self._in_flight[future] = sent  # still the scheduler's to answer for
                 raise _SchedulerLost(_message(exc)) from None
             outcome = _lost(sent, self._config, _message(exc))
         except Exception as exc:  # noqa: BLE001 - a bug in a chunk must not lose its rows
-            outcome = _lost(sent, self._config, f"{type(exc).__name__}: {exc}", rc.OTHER)
+            outcome = _lost(sent, self._config, _message(exc), rc.OTHER)
         self._release(future)
         if outcome.figures.urls or outcome.figures.requests_sent:
             self._progress.accounting.add(outcome.worker, outcome.figures)
@@ -313,16 +317,31 @@ class _Dispatch:
             self._holds = {host: until for host, until in self._holds.items() if until > now}
 
     def _release(self, future: distributed.Future[ChunkDone]) -> None:
-        """Release the chunk's at-most-once marker (its task will not run again), then the task."""
-        if self._markers:
-            try:
-                holder = self._client.get_metadata([future.key, _MARKER], default=None)
-                scheduler = self._client.scheduler
-                if holder is not None and scheduler is not None:
-                    self._client.sync(scheduler.multi_lock_release, id=holder)
-            except (OSError, TimeoutError):
-                pass  # the scheduler is gone, and its markers with it
-        future.release()
+        """Release the chunk's task, and later its at-most-once marker.
+
+        The task's release travels on the client's batched stream, the marker's on an RPC of its
+        own: the marker waits MARKER_RELEASE_DELAY so the scheduler has surely forgotten the task
+        (and cannot run it again) by the time the marker is free.
+        """
+        try:
+            holder = self._holder(future) if self._markers else None
+            future.release()
+            if holder is not None:
+                self._spent.append((time.monotonic(), holder))
+            while self._spent and time.monotonic() - self._spent[0][0] > MARKER_RELEASE_DELAY:
+                self._release_marker(self._spent.popleft()[1])
+        except (OSError, TimeoutError):
+            pass  # the scheduler is gone, and its markers with it
+
+    def _holder(self, future: distributed.Future[ChunkDone]) -> str | None:
+        """The id of the MultiLock that claimed the chunk's marker, if a run of it did."""
+        holder: str | None = self._client.get_metadata([future.key, _MARKER], default=None)
+        return holder
+
+    def _release_marker(self, holder: str | None) -> None:
+        scheduler = self._client.scheduler
+        if holder is not None and scheduler is not None:
+            self._client.sync(scheduler.multi_lock_release, id=holder)
 
     def _wind_down(self) -> Iterator[Result]:
         """Ctrl-C: no more chunks; running ones stop starting requests and return their rows."""
@@ -350,19 +369,32 @@ class _Dispatch:
         self._count_in_flight()
         for target in self._chunks.drain():
             yield _error_result(target, self._config, error, detail)
+        yield from self._invalid_rows()
 
     def _finish(self) -> None:
+        """Forget the chunks still out (an abandoned run: the scheduler lost, a second Ctrl-C, the
+        consumer gone), stopping any still running, and release every marker left."""
         futures = list(self._in_flight)
         self._in_flight.clear()
         self._count_in_flight()
         if self._client.status != "running":
             return
         try:
-            if futures:
-                self._client.cancel(futures)
-            self._cancel_event.clear()  # removes it from the scheduler
+            while self._spent:
+                self._release_marker(self._spent.popleft()[1])
+            if not futures:
+                self._cancel_event.clear()  # removes it from the scheduler
+                return
+            # Set, and left set: chunks still running must stop starting requests.
+            self._cancel_event.set()
+            # Holders are read before the tasks are forgotten (their metadata goes with them),
+            # and released after, when no re-run can claim a marker again.
+            holders = [self._holder(future) for future in futures] if self._markers else []
+            self._client.cancel(futures)
+            for holder in holders:
+                self._release_marker(holder)
         except (OSError, TimeoutError):
-            pass
+            pass  # the scheduler is gone, and its markers with it
 
     def _count_in_flight(self) -> None:
         self._progress.in_flight = sum(len(sent.targets) for sent in self._in_flight.values())

@@ -208,10 +208,10 @@ def test_host_chunks_keep_one_chunk_per_host_in_flight() -> None:
 
 
 def test_chunk_size_is_about_a_second_of_work_under_a_rate() -> None:
-    assert cluster.chunk_size_for(FetchConfig(), 2) == cluster.DEFAULT_CHUNK
-    assert cluster.chunk_size_for(FetchConfig(rate=10), 2) == 10
-    assert cluster.chunk_size_for(FetchConfig(per_host_rate=0.2), 2) == 1
-    assert cluster.chunk_size_for(FetchConfig(workers=500), 2) == 1000
+    assert cluster.chunk_size_for(FetchConfig()) == cluster.DEFAULT_CHUNK
+    assert cluster.chunk_size_for(FetchConfig(rate=10)) == 10
+    assert cluster.chunk_size_for(FetchConfig(per_host_rate=0.2)) == 1
+    assert cluster.chunk_size_for(FetchConfig(workers=500)) == 1000
 
 
 def test_limiter_holds_carry_a_pause_and_a_rate_slot_to_another_limiter() -> None:
@@ -443,6 +443,11 @@ def test_a_post_is_sent_at_most_once_when_its_worker_is_killed(dask_client: Any,
     lost = [row for row in rows if row.error == rc.WORKER_LOST]
     assert lost and all("never sent twice" in row.error_detail for row in lost)
     assert all(row.ok for row in rows if row.error != rc.WORKER_LOST)
+    assert dask_client.run_on_scheduler(_markers_held) == 0  # every marker released at the end
+
+
+def _markers_held(dask_scheduler: Any) -> int:
+    return sum(1 for holders in dask_scheduler.extensions["multi_locks"].locks.values() if holders)
 
 
 def test_ctrl_c_on_a_local_cluster_keeps_finished_rows_and_leaves_no_process(
