@@ -389,13 +389,17 @@ class _SlowServer(http.server.ThreadingHTTPServer):
 
     def kill_a_client_mid_request(self) -> int:
         """SIGKILL the process holding a connection with a request in progress; its pid."""
-        with self.lock:
-            ports = set(self.busy_ports)
-        for connection in psutil.net_connections("tcp"):
-            if connection.laddr and connection.laddr.port in ports and connection.pid and connection.pid != os.getpid():
-                os.kill(connection.pid, signal.SIGKILL)
-                return connection.pid
-        raise AssertionError(f"no process found for client ports {sorted(ports)}")
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:  # a request may end between two looks: look again
+            with self.lock:
+                ports = set(self.busy_ports)
+            for connection in psutil.net_connections("tcp"):
+                laddr, pid = connection.laddr, connection.pid
+                if laddr and laddr.port in ports and pid and pid != os.getpid():
+                    os.kill(pid, signal.SIGKILL)
+                    return pid
+            time.sleep(0.02)
+        raise AssertionError("no worker process found with a request in progress")
 
 
 @pytest.fixture
