@@ -203,7 +203,7 @@ class _Dispatch:
         self._client = client
         self._progress = progress
         self._config = config
-        processes = max(1, len(client.scheduler_info().get("workers", {})))
+        processes = max(1, len(client.nthreads()))  # the workers (scheduler_info() may list only a few)
         # --rate is shared out: each process runs one chunk at a time at its share.
         self._worker_config = replace(config, rate=config.rate / processes) if config.rate is not None else config
         size = chunk_size or chunk_size_for(self._worker_config)
