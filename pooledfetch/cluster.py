@@ -19,6 +19,7 @@ from __future__ import annotations
 import importlib.util
 import itertools
 import logging
+import signal
 import threading
 import time
 import uuid
@@ -106,18 +107,34 @@ def _connected(processes: int | None, scheduler: str | None, connect_timeout: fl
     # Without bokeh Dask would warn that it cannot serve its dashboard; ":0" is a free port,
     # so two runs never clash on 8787.
     dashboard = ":0" if importlib.util.find_spec("bokeh") is not None else None
-    with (
-        distributed.LocalCluster(
+    with _sigint_ignored():
+        cluster = distributed.LocalCluster(
             n_workers=processes,
             threads_per_worker=1,
             processes=True,
             host="127.0.0.1",
             dashboard_address=dashboard,
             silence_logs=logging.CRITICAL,
-        ) as cluster,
-        distributed.Client(cluster, set_as_default=False) as client,
-    ):
+        )
+    with cluster, distributed.Client(cluster, set_as_default=False) as client:
         yield client
+
+
+@contextmanager
+def _sigint_ignored() -> Iterator[None]:
+    """Start worker processes that ignore SIGINT, as a child inherits an ignored signal.
+
+    Ctrl-C on a terminal signals the whole process group: the workers must not die of it, but
+    wind their chunks down when the client tells them, as a single process does.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def dashboard_link(client: distributed.Client) -> str | None:

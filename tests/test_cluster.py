@@ -35,7 +35,7 @@ from test_limits import _most_in_one_second, _RecordingServer
 from pooledfetch import results as rc
 from pooledfetch.config import FetchConfig
 from pooledfetch.demo import DemoServer
-from pooledfetch.engine import fetch_all
+from pooledfetch.engine import DEFAULT_GRACE_SECONDS, fetch_all
 from pooledfetch.errors import ExitCode
 from pooledfetch.limits import Limiter
 from pooledfetch.results import Result
@@ -457,19 +457,30 @@ def _markers_held(dask_scheduler: Any) -> int:
 def test_ctrl_c_on_a_local_cluster_keeps_finished_rows_and_leaves_no_process(
     tmp_path: Path, slow_server: _SlowServer
 ) -> None:
-    lines = [f"{slow_server.base_url}/u{i}?s=0.3" for i in range(200)]
-    run = Run(tmp_path, lines, "--processes", "2", "-w", "2", "--chunk-size", "4", "-o", str(tmp_path / "out.jsonl"))
-    wait_until(lambda: len(run.stdout.splitlines()) >= 8, START_SECONDS, "the first rows")
-    children = psutil.Process(run.process.pid).children(recursive=True)
-    assert len(children) >= 2
-    sent = run.signal(signal.SIGINT)
-    assert run.wait(60) == ExitCode.INTERRUPTED, run.stderr
-    assert time.monotonic() - sent < cluster.CANCEL_WAIT_SECONDS + 10
-    assert "Traceback" not in run.stderr
-    rows = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text(encoding="utf-8").splitlines()]
+    """Ctrl-C as a terminal sends it, to the whole process group: the worker processes must not
+    die of it but wind their chunks down when told, in the grace period, with no row lost."""
+    urls, out, stderr = tmp_path / "urls.txt", tmp_path / "out.jsonl", tmp_path / "stderr"
+    urls.write_text("".join(f"{slow_server.base_url}/u{i}?s=0.3\n" for i in range(200)), encoding="utf-8")
+    args = [cli_command(), str(urls), "--processes", "2", "-w", "2", "--chunk-size", "4", "-q", "-o", str(out)]
+    with stderr.open("wb") as errors_to:
+        process = subprocess.Popen(args, env=offline_env(tmp_path), stderr=errors_to, start_new_session=True)
+    try:
+        wait_until(lambda: out.exists() and len(out.read_bytes().splitlines()) >= 8, START_SECONDS, "the first rows")
+        children = psutil.Process(process.pid).children(recursive=True)
+        assert len(children) >= 2
+        sent = time.monotonic()
+        os.killpg(process.pid, signal.SIGINT)
+        assert process.wait(60) == ExitCode.INTERRUPTED, stderr.read_text()
+        assert time.monotonic() - sent < DEFAULT_GRACE_SECONDS + 6  # chunks came back: no waiting for them
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert "Traceback" not in stderr.read_text()
+    rows = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
     assert sorted(row["index"] for row in rows) == list(range(200))
     errors = Counter(row["error"] for row in rows)
-    assert errors[""] >= 8 and errors[rc.CANCELLED] >= 100
+    assert errors[""] >= 8 and errors[rc.CANCELLED] >= 100 and set(errors) == {"", rc.CANCELLED}
     assert slow_server.requests() < 100  # nothing was sent after the wind-down
     psutil.wait_procs(children, timeout=10)
     assert not [child.pid for child in children if child.is_running() and child.status() != psutil.STATUS_ZOMBIE]
