@@ -587,10 +587,10 @@ def run_chunk(chunk: Chunk, config: FetchConfig) -> ChunkDone:
     # process's share of --rate holds even on a worker given more than one thread.
     with engine.lock:
         if cancelled.is_set():
-            return _all_rows(chunk, config, name, rc.CANCELLED, "run interrupted before this URL was sent")
+            return _unsent(chunk, config, rc.CANCELLED, "run interrupted before this URL was sent")
         if config.method not in RESENDABLE_METHODS and not _claim_marker(worker):
             detail = f"the Dask worker running this chunk was lost; a {config.method} is never sent twice"
-            return _all_rows(chunk, config, name, rc.WORKER_LOST, detail)
+            return _unsent(chunk, config, rc.WORKER_LOST, detail)
         accounting = engine.transport.accounting
         before = accounting.figures()
         limiter = Limiter.for_config(config, accounting)
@@ -650,6 +650,7 @@ def _watch(cancelled: distributed.Event, stop: threading.Event) -> None:
             pass  # the scheduler is unreachable for now
 
 
-def _all_rows(chunk: Chunk, config: FetchConfig, name: str, error: str, detail: str) -> ChunkDone:
-    rows = [replace(_error_result(target, config, error, detail), worker=name) for target in chunk.targets]
-    return ChunkDone(rows, name, PoolFigures(urls=0), {})
+def _unsent(chunk: Chunk, config: FetchConfig, error: str, detail: str) -> ChunkDone:
+    """Rows for a chunk none of whose URLs is sent: no worker fetched them, so none is named."""
+    rows = [_error_result(target, config, error, detail) for target in chunk.targets]
+    return ChunkDone(rows, "", PoolFigures(), {})

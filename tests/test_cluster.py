@@ -315,6 +315,16 @@ def test_bad_cluster_options_are_usage_errors(args: list[str], message: str) -> 
     assert message in outcome.output
 
 
+def test_processes_auto_is_one_per_core() -> None:
+    import click
+
+    from pooledfetch.cli import _processes, cli
+
+    context = click.Context(cli)
+    assert _processes(context, cli.params[0], "auto") == (os.cpu_count() or 1)
+    assert _processes(context, cli.params[0], " 3 ") == 3
+
+
 def test_an_unreachable_scheduler_is_one_line_within_the_connect_timeout(tmp_path: Path, closed_port: int) -> None:
     began = time.monotonic()
     outcome = subprocess.run(
