@@ -310,14 +310,16 @@ class _Dispatch:
         try:
             outcome: ChunkDone = future.result()
         except distributed.KilledWorker as exc:
-            outcome = _lost(sent, self._config, f"Dask gave up on this chunk: {_message(exc)}")
+            outcome = _unsent(
+                sent.targets, self._config, rc.WORKER_LOST, f"Dask gave up on this chunk: {_message(exc)}"
+            )
         except (CancelledError, OSError) as exc:
             if self._client.status != "running":
                 self._in_flight[future] = sent  # still the scheduler's to answer for
                 raise _SchedulerLost(_message(exc)) from None
-            outcome = _lost(sent, self._config, _message(exc))
+            outcome = _unsent(sent.targets, self._config, rc.WORKER_LOST, _message(exc))
         except Exception as exc:  # noqa: BLE001 - a bug in a chunk must not lose its rows
-            outcome = _lost(sent, self._config, _message(exc), rc.OTHER)
+            outcome = _unsent(sent.targets, self._config, rc.OTHER, _message(exc))
         self._release(future)
         if outcome.figures.urls or outcome.figures.requests_sent:
             self._progress.accounting.add(outcome.worker, outcome.figures)
@@ -425,11 +427,6 @@ def _message(exc: BaseException) -> str:
     """The exception's name and the first line of its message (Dask's run to several)."""
     first = str(exc).strip().partition("\n")[0]
     return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
-
-
-def _lost(sent: _Sent, config: FetchConfig, detail: str, error: str = rc.WORKER_LOST) -> ChunkDone:
-    rows = [_error_result(target, config, error, detail) for target in sent.targets]
-    return ChunkDone(rows, "", PoolFigures(), {})
 
 
 class _InputChunks:
@@ -587,10 +584,10 @@ def run_chunk(chunk: Chunk, config: FetchConfig) -> ChunkDone:
     # process's share of --rate holds even on a worker given more than one thread.
     with engine.lock:
         if cancelled.is_set():
-            return _unsent(chunk, config, rc.CANCELLED, "run interrupted before this URL was sent")
+            return _unsent(chunk.targets, config, rc.CANCELLED, "run interrupted before this URL was sent")
         if config.method not in RESENDABLE_METHODS and not _claim_marker(worker):
             detail = f"the Dask worker running this chunk was lost; a {config.method} is never sent twice"
-            return _unsent(chunk, config, rc.WORKER_LOST, detail)
+            return _unsent(chunk.targets, config, rc.WORKER_LOST, detail)
         accounting = engine.transport.accounting
         before = accounting.figures()
         limiter = Limiter.for_config(config, accounting)
@@ -650,7 +647,7 @@ def _watch(cancelled: distributed.Event, stop: threading.Event) -> None:
             pass  # the scheduler is unreachable for now
 
 
-def _unsent(chunk: Chunk, config: FetchConfig, error: str, detail: str) -> ChunkDone:
-    """Rows for a chunk none of whose URLs is sent: no worker fetched them, so none is named."""
-    rows = [_error_result(target, config, error, detail) for target in chunk.targets]
+def _unsent(targets: list[Target], config: FetchConfig, error: str, detail: str) -> ChunkDone:
+    """A chunk's rows when no worker fetched it (so none is named), or none is known to have."""
+    rows = [_error_result(target, config, error, detail) for target in targets]
     return ChunkDone(rows, "", PoolFigures(), {})
