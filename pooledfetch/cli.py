@@ -114,6 +114,17 @@ def _change_kinds(value: str | None) -> tuple[str, ...]:
     return kinds
 
 
+def _processes(ctx: click.Context, param: click.Parameter, value: str | None) -> int | None:
+    """`--processes N`, or `auto` for one per CPU core."""
+    if value is None:
+        return None
+    if value.strip().lower() == "auto":
+        return os.cpu_count() or 1
+    if not value.strip().isdigit() or int(value) < 1:
+        raise click.BadParameter(f"{value!r} is not a number of processes (1 or more) or 'auto'")
+    return int(value)
+
+
 def _stdin_is_terminal() -> bool:
     return sys.stdin is None or sys.stdin.isatty()
 
@@ -389,6 +400,25 @@ def _graceful_interrupts(cancel: threading.Event) -> Iterator[None]:
     callback=_read_config_file,
     help="Option defaults from a TOML file (its [tool.pooledfetch] table, or its top level).",
 )
+@click.option(
+    "--processes",
+    metavar="N|auto",
+    callback=_processes,
+    help="Fetch on N worker processes of this machine (a Dask LocalCluster; auto: one per CPU core),"
+    " each with --workers threads. Needs pooledfetch[dask].",
+)
+@click.option(
+    "--dask-scheduler",
+    metavar="ADDRESS",
+    help="Fetch on the Dask cluster at ADDRESS (tcp://host:8786). Needs pooledfetch[dask].",
+)
+@click.option(
+    "--chunk-size",
+    type=click.IntRange(min=1),
+    metavar="N",
+    help="URLs per Dask task with --processes or --dask-scheduler."
+    "  [default: 256, or about 1 s of work under --rate/--per-host-rate]",
+)
 @click.version_option(__version__, "-V", "--version", prog_name="pooledfetch")
 def cli(**options: Any) -> None:
     """Fetch every URL in INPUTS (files, '-' for stdin) through one pooled HTTP session.
@@ -418,6 +448,10 @@ def _run(options: dict[str, Any]) -> ExitCode:
     from pooledfetch.stats import RunStats
 
     inputs: tuple[str, ...] = options["inputs"]
+    if options["processes"] is not None and options["dask_scheduler"] is not None:
+        raise click.UsageError("use --processes (a cluster on this machine) or --dask-scheduler, not both")
+    if options["chunk_size"] is not None and options["processes"] is None and options["dask_scheduler"] is None:
+        raise click.UsageError("--chunk-size needs --processes or --dask-scheduler")
     if not inputs and not options["demo"]:
         if _stdin_is_terminal():
             raise click.UsageError("no input: give a file of URLs, '-' to read stdin, or --demo to try it out")
@@ -504,7 +538,8 @@ def _run(options: dict[str, Any]) -> ExitCode:
         interrupted = False
         try:
             with _graceful_interrupts(cancel):
-                _consume(source, options["demo"], config, cancel, outputs, progress, resume_state, changes)
+                client = _cluster_client(stack, options, config)
+                _consume(source, options["demo"], config, cancel, outputs, progress, resume_state, changes, client)
         except KeyboardInterrupt:
             interrupted = True
         interrupted = interrupted or cancel.is_set()
@@ -619,6 +654,26 @@ def _plain_lines() -> PlainLines:
     return PlainLines(sys.stdout, colour)
 
 
+def _cluster_client(stack: ExitStack, options: dict[str, Any], config: FetchConfig) -> _ClusterClient | None:
+    """With --processes or --dask-scheduler, a connected Dask client (kept open until the run ends)."""
+    processes, scheduler = options["processes"], options["dask_scheduler"]
+    if processes is None and scheduler is None:
+        return None
+    from pooledfetch import cluster
+
+    client = stack.enter_context(cluster.connect(processes, scheduler, config.connect_timeout))
+    link = cluster.dashboard_link(client)
+    if link is not None and not options["quiet"]:
+        click.echo(f"pooledfetch: Dask dashboard at {link}", err=True)
+    return _ClusterClient(client, options["chunk_size"])
+
+
+@dataclass(frozen=True)
+class _ClusterClient:
+    client: Any  # distributed.Client, whose import waits until a cluster is asked for
+    chunk_size: int | None
+
+
 def _consume(
     source: Input,
     demo: bool,
@@ -628,6 +683,7 @@ def _consume(
     progress: RunProgress,
     resume_state: ResumeState | None,
     changes: Changes | None = None,
+    cluster_client: _ClusterClient | None = None,
 ) -> None:
     from pooledfetch.engine import run
     from pooledfetch.sources import iter_targets
@@ -658,7 +714,19 @@ def _consume(
         targets = with_conditions(targets, changes.validators, need_saved_file=config.save_dir is not None)
     if count is not None:
         outputs.view.set_total(count)
-    results = run(targets, config, cancel=cancel, progress=progress)
+    if cluster_client is None:
+        results = run(targets, config, cancel=cancel, progress=progress)
+    else:
+        from pooledfetch.cluster import run_on_cluster
+
+        results = run_on_cluster(
+            targets,
+            config,
+            cluster_client.client,
+            cancel=cancel,
+            progress=progress,
+            chunk_size=cluster_client.chunk_size,
+        )
     annotated = results if changes is None else changes.track(results)
     try:
         for result in annotated:

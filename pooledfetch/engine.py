@@ -15,6 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from queue import Empty, SimpleQueue
+from typing import Any
 
 import requests
 import urllib3.exceptions as uex
@@ -60,6 +61,7 @@ def fetch_all(
     config: FetchConfig | None = None,
     *,
     cancel: threading.Event | None = None,
+    client: Any = None,
 ) -> Iterator[Result]:
     """Fetch every URL line and yield one `Result` per line, in completion order
     (in input order with `config.keep_order`).
@@ -67,8 +69,13 @@ def fetch_all(
     Blank lines and `#` comments are skipped; every other line yields exactly one result,
     an invalid one included. Setting `cancel` stops submitting: the remaining lines come
     back as `cancelled` rows and requests already on the wire get a short grace period.
+    With a Dask `client` (distributed.Client), the URLs are fetched in chunks on its workers.
     """
     config = config or FetchConfig()
+    if client is not None:
+        from pooledfetch.cluster import run_on_cluster
+
+        return run_on_cluster(iter_targets(urls, config), config, client, cancel=cancel)
     return run(iter_targets(urls, config), config, cancel=cancel)
 
 
@@ -79,13 +86,23 @@ def run(
     cancel: threading.Event | None = None,
     grace_seconds: float = DEFAULT_GRACE_SECONDS,
     progress: RunProgress | None = None,
+    transport: Transport | None = None,
+    limiter: Limiter | None = None,
 ) -> Generator[Result, None, None]:
+    """Fetch `targets`, yielding one Result per target as each completes.
+
+    A `transport` given by the caller (a Dask worker's, kept across chunks) is used and left
+    open; so is its `limiter`, made for this run with the same config and accounting.
+    """
     cancel = cancel or threading.Event()
     progress = progress or RunProgress()
     abandon = threading.Event()
-    transport = Transport(config, progress.accounting)
-    limiter = Limiter.for_config(config, progress.accounting)
-    keeper = _KeepOrder(config.reorder_window) if config.keep_order else None
+    owned = transport is None
+    if transport is None:
+        transport = Transport(config, progress.accounting)
+    if limiter is None:
+        limiter = Limiter.for_config(config, progress.accounting)
+    keeper = KeepOrder(config.reorder_window) if config.keep_order else None
     # In input order, targets go out as they come: a host window would reorder them.
     window = _host_window(targets, config) if keeper is None else None
     flight = _InFlight(progress) if window is None else _FairInFlight(progress, window)
@@ -103,7 +120,8 @@ def run(
         for _ in range(config.workers):
             flight.inbox.put(None)
         executor.shutdown(wait=False, cancel_futures=True)
-        transport.close()
+        if owned:
+            transport.close()
 
 
 def _stages(
@@ -112,7 +130,7 @@ def _stages(
     config: FetchConfig,
     cancel: threading.Event,
     limiter: Limiter | None,
-    keeper: _KeepOrder | None,
+    keeper: KeepOrder | None,
     abandon: threading.Event,
     grace_seconds: float,
 ) -> Iterator[Result]:
@@ -125,7 +143,7 @@ def _stages(
         yield from _wind_down(flight, config, abandon, grace_seconds)
     # Only once nothing is in flight: in input order, these rows then go out at once, not held.
     for target in source.drain():
-        yield _error_result(target, config, rc.CANCELLED, "run interrupted before this URL was sent")
+        yield error_result(target, config, rc.CANCELLED, "run interrupted before this URL was sent")
 
 
 def _host_window(targets: Iterable[Target], config: FetchConfig) -> HostWindow | None:
@@ -157,7 +175,7 @@ def _submit(
     config: FetchConfig,
     cancel: threading.Event,
     limiter: Limiter | None,
-    keeper: _KeepOrder | None,
+    keeper: KeepOrder | None,
 ) -> Iterator[Result]:
     """Hand targets to the workers while keeping at most `max_in_flight` of them unconsumed.
 
@@ -176,7 +194,7 @@ def _submit(
                 return
             yield from flight.collect(_POLL_SECONDS)
         elif target.url is None:
-            yield _error_result(target, config, rc.INVALID_URL, target.invalid_reason or "invalid URL")
+            yield error_result(target, config, rc.INVALID_URL, target.invalid_reason or "invalid URL")
         else:
             flight.submit(target)
             while len(flight.pending) >= config.max_in_flight and not cancel.is_set():
@@ -185,7 +203,7 @@ def _submit(
         limiter.stop()  # URLs waiting for a limit are never sent once the run is cancelled
 
 
-class _KeepOrder:
+class KeepOrder:
     """Results released in input order (--keep-order), with a bounded number held back.
 
     A target counts from when it is taken from the input until its result is released, so while
@@ -230,7 +248,7 @@ def _work(
         try:
             result = fetch_one(transport, target, abandon, limiter)
         except BaseException as exc:  # noqa: BLE001 - a bug in one fetch must not lose the row
-            result = _error_result(target, transport.config, rc.OTHER, f"{type(exc).__name__}: {exc}")
+            result = error_result(target, transport.config, rc.OTHER, f"{type(exc).__name__}: {exc}")
         if target.input_row:
             result = replace(result, input_row=target.input_row)
         outbox.put((token, result))
@@ -315,7 +333,7 @@ def _wind_down(
 ) -> Iterator[Result]:
     """Cancel what has not started; give what is on the wire `grace_seconds`, then abandon it."""
     for target in flight.unstarted():
-        yield _error_result(target, config, rc.CANCELLED, "run interrupted before this URL was sent")
+        yield error_result(target, config, rc.CANCELLED, "run interrupted before this URL was sent")
     deadline = time.monotonic() + grace_seconds
     while flight.pending and time.monotonic() < deadline:
         yield from flight.collect(min(_POLL_SECONDS, max(0.0, deadline - time.monotonic())))
@@ -324,7 +342,7 @@ def _wind_down(
     if flight.pending:
         yield from flight.collect(_POLL_SECONDS)
     for target in flight.abandon_rest():
-        yield _error_result(target, config, rc.INTERRUPTED, "run interrupted while this URL was in flight")
+        yield error_result(target, config, rc.INTERRUPTED, "run interrupted while this URL was in flight")
 
 
 def fetch_one(transport: Transport, target: Target, abandon: threading.Event, limiter: Limiter | None = None) -> Result:
@@ -513,7 +531,7 @@ def _retries_exhausted(exc: BaseException) -> bool:
             return False
 
 
-def _error_result(target: Target, config: FetchConfig | None, error: str, detail: str) -> Result:
+def error_result(target: Target, config: FetchConfig | None, error: str, detail: str) -> Result:
     return Result(
         index=target.index,
         url=_shown(target.raw, config),

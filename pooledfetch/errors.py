@@ -3,7 +3,8 @@
     PooledFetchError        anything pooledfetch reports as one clear line
      ├── ConfigError        an option value or combination that cannot work (exit 2)
      ├── InputError         an input file that cannot be opened or read (exit 2)
-     └── ExportError        an export that cannot be opened or written (exit 1)
+     ├── ExportError        an export that cannot be opened or written (exit 1)
+     └── ClusterError       a Dask scheduler that cannot be reached, or was lost mid-run (exit 1)
 
 Per-URL failures are never exceptions: they become `Result` rows with an error class.
 """
@@ -33,4 +34,8 @@ class InputError(PooledFetchError):
 
 
 class ExportError(PooledFetchError):
+    exit_code = ExitCode.SOME_FAILED
+
+
+class ClusterError(PooledFetchError):
     exit_code = ExitCode.SOME_FAILED

@@ -75,6 +75,17 @@ class TokenBucket:
             self._next = at + self._interval
             return at
 
+    @property
+    def next_free(self) -> float:
+        """The first instant (clock time) a new request could be given."""
+        with self._lock:
+            return self._next
+
+    def hold(self, until: float) -> None:
+        """Give no request an instant before `until` (clock time)."""
+        with self._lock:
+            self._next = max(self._next, until)
+
     def idle(self) -> bool:
         """True when a fresh bucket would behave the same (so this one can be forgotten)."""
         return self._next <= self._clock()
@@ -184,6 +195,14 @@ class _HostTimes:
                 return None
             return until
 
+    def holds(self) -> dict[str, float]:
+        """Per host, the later of its pause end and its bucket's next free instant."""
+        with self._lock:
+            holds = {host: bucket.next_free for host, bucket in self._buckets.items()}
+            for host, until in self._paused_until.items():
+                holds[host] = max(until, holds.get(host, until))
+        return holds
+
     def pause(self, host: str, seconds: float) -> None:
         until = time.monotonic() + seconds
         with self._lock:
@@ -266,6 +285,28 @@ class Limiter:
         seconds = retry_after_seconds(retry_after)
         if seconds is not None and seconds > 0:
             self._hosts.pause(host, min(seconds, self._max_pause))
+
+    def holds(self) -> dict[str, float]:
+        """Per host, the instant (time.monotonic()) before which it must not be sent to again:
+        the end of its pause or its next per-host rate slot, whichever is later. Hosts free now
+        are left out. With `hold`, this carries a host's limits over to another Limiter (the
+        next chunk of its URLs, in another process perhaps)."""
+        now = time.monotonic()
+        return {host: until for host, until in self._hosts.holds().items() if until > now}
+
+    def hold(self, host: str, until: float) -> None:
+        """Send nothing to `host` before `until` (time.monotonic()), whatever the pause setting."""
+        if until > time.monotonic():
+            self._hosts.pause(host, until - time.monotonic())
+
+    def overall_next(self) -> float | None:
+        """The next free instant (time.monotonic()) of the overall --rate bucket, if there is one."""
+        return self._overall.next_free if self._overall is not None else None
+
+    def hold_overall(self, until: float) -> None:
+        """Carry the overall --rate spacing over from an earlier Limiter of this process."""
+        if self._overall is not None:
+            self._overall.hold(until)
 
     @staticmethod
     def _take(bucket: TokenBucket | None, deadline: float | None, stop: threading.Event) -> None:

@@ -11,6 +11,7 @@ import queue
 import socket
 import threading
 import time
+from dataclasses import astuple, dataclass
 from http.client import HTTPException
 from typing import TYPE_CHECKING, Any
 
@@ -130,9 +131,31 @@ class Deadlines:
                         pass  # already closed
 
 
+@dataclass(frozen=True, slots=True)
+class PoolFigures:
+    """A plain copy of PoolAccounting's counters, which can travel between processes;
+    `urls` is the number of rows fetched (counted per Dask worker in cluster mode)."""
+
+    connections_opened: int = 0
+    connections_discarded: int = 0
+    requests_sent: int = 0
+    limit_wait_seconds: float = 0.0
+    urls: int = 0
+
+    def __add__(self, other: PoolFigures) -> PoolFigures:
+        return PoolFigures(*(mine + theirs for mine, theirs in zip(astuple(self), astuple(other), strict=True)))
+
+    def __sub__(self, other: PoolFigures) -> PoolFigures:
+        return PoolFigures(*(mine - theirs for mine, theirs in zip(astuple(self), astuple(other), strict=True)))
+
+
 class PoolAccounting:
     """Run-wide transport counters, written by worker threads, read by anyone; also the time
-    workers spent waiting for politeness limits (pooledfetch.limits), which the summary shows."""
+    workers spent waiting for politeness limits (pooledfetch.limits), which the summary shows.
+
+    In cluster mode the client's accounting adds up the figures each Dask worker sends back,
+    and keeps them per worker in `by_worker` (empty in a single process).
+    """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -140,6 +163,22 @@ class PoolAccounting:
         self.connections_discarded = 0
         self.requests_sent = 0
         self.limit_wait_seconds = 0.0
+        self.by_worker: dict[str, PoolFigures] = {}
+
+    def figures(self) -> PoolFigures:
+        with self._lock:
+            return PoolFigures(
+                self.connections_opened, self.connections_discarded, self.requests_sent, self.limit_wait_seconds
+            )
+
+    def add(self, worker: str, figures: PoolFigures) -> None:
+        """Count a Dask worker's figures for one chunk, in the totals and under its name."""
+        with self._lock:
+            self.connections_opened += figures.connections_opened
+            self.connections_discarded += figures.connections_discarded
+            self.requests_sent += figures.requests_sent
+            self.limit_wait_seconds += figures.limit_wait_seconds
+            self.by_worker[worker] = self.by_worker.get(worker, PoolFigures()) + figures
 
     def waited_for_limits(self, seconds: float) -> None:
         with self._lock:

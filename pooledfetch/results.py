@@ -26,6 +26,9 @@ SAVE = "save"
 CANCELLED = "cancelled"
 INTERRUPTED = "interrupted"
 OTHER = "other"
+# Cluster mode: the Dask worker (or scheduler) running the URL's chunk was lost, and the URL was
+# not fetched again (a non-idempotent method, or nothing left to run it on).
+WORKER_LOST = "worker_lost"
 
 _DETAIL_LIMIT = 300
 # urllib3 prefixes messages with object reprs such as "<urllib3.connection.HTTPConnection object at 0x7f..>: ".

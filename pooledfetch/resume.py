@@ -15,11 +15,11 @@ from array import array
 from collections.abc import Callable, Iterable, Iterator
 
 from pooledfetch.errors import InputError
-from pooledfetch.results import CANCELLED, INTERRUPTED
+from pooledfetch.results import CANCELLED, INTERRUPTED, WORKER_LOST
 from pooledfetch.sources import Target
 from pooledfetch.text import mask_credentials
 
-UNFINISHED = (CANCELLED, INTERRUPTED)
+UNFINISHED = (CANCELLED, INTERRUPTED, WORKER_LOST)
 
 
 class ResumeState:

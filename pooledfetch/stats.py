@@ -110,7 +110,7 @@ class RunStats(Sink):
             failed = failed or result.status >= 400
         if result.ttfb_ms is not None:
             self.ttfb.record(result.ttfb_ms)
-        if result.error not in ("invalid_url", "cancelled"):
+        if result.error not in ("invalid_url", "cancelled", "worker_lost"):
             self.total_time.record(result.total_ms)
         if result.pool_wait_ms is not None:
             self.pool_wait.record(result.pool_wait_ms)

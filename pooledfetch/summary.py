@@ -33,7 +33,8 @@ def summary_data(
     stats: RunStats, accounting: PoolAccounting, config: FetchConfig, changes: Changes | None = None
 ) -> dict[str, Any]:
     """`stats.to_dict()` plus the connection-pool report (its per-host figures are in `top_hosts`),
-    and with a baseline the changes since it."""
+    in cluster mode the figures of each Dask worker (`workers`), and with a baseline the changes since it."""
+    workers = {"workers": worker_figures(accounting)} if accounting.by_worker else {}
     return {
         **stats.to_dict(),
         "pool": {
@@ -50,7 +51,23 @@ def summary_data(
             "pause_hosts": config.pause_hosts,
             "waited_s": round(accounting.limit_wait_seconds, 3),
         },
+        **workers,
         **(changes.to_dict() if changes is not None else {}),
+    }
+
+
+def worker_figures(accounting: PoolAccounting) -> dict[str, dict[str, Any]]:
+    """Per Dask worker: URLs fetched, requests sent, connections opened and reused."""
+    return {
+        name: {
+            "urls": figures.urls,
+            "requests_sent": figures.requests_sent,
+            "connections_opened": figures.connections_opened,
+            "connections_reused": max(0, figures.requests_sent - figures.connections_opened),
+            "connections_discarded": figures.connections_discarded,
+            "limit_wait_s": round(figures.limit_wait_seconds, 3),
+        }
+        for name, figures in sorted(accounting.by_worker.items())
     }
 
 
@@ -116,8 +133,35 @@ def render_summary(
         _section(f"Top {TOP_HOSTS} hosts", _hosts(stats)),
         _section("Connection pool", _pool(stats, accounting, config)),
         *([_section("Limits", _limits(stats, accounting, config))] if limits_in_force(config) else []),
+        *([_section("Dask workers", _workers(accounting))] if accounting.by_worker else []),
         *([_section("Changes since baseline", _changes(changes))] if changes is not None else []),
     )
+
+
+def _workers(accounting: PoolAccounting) -> Table:
+    table = _figures_table()
+    table.add_column("worker", overflow="ellipsis")
+    for header in ("URLs", "requests", "new conn", "reused"):
+        table.add_column(header, justify="right", no_wrap=True)
+    figures = worker_figures(accounting)
+    for name, worker in figures.items():
+        table.add_row(
+            Text(printable(name)),
+            f"{worker['urls']:,}",
+            f"{worker['requests_sent']:,}",
+            f"{worker['connections_opened']:,}",
+            f"{worker['connections_reused']:,}",
+        )
+    if len(figures) > 1:
+        reused = sum(worker["connections_reused"] for worker in figures.values())
+        table.add_row(
+            Text("total", style="bold"),
+            f"{sum(worker['urls'] for worker in figures.values()):,}",
+            f"{accounting.requests_sent:,}",
+            f"{accounting.connections_opened:,}",
+            f"{reused:,}",
+        )
+    return table
 
 
 def _section(title: str, body: RenderableType) -> RenderableType:

@@ -1,0 +1,673 @@
+"""Running the engine on Dask: chunks of targets out to worker processes, rows back, none lost.
+
+    client: sources ─Target─▶ chunks ──▶ [Dask worker process: engine.run on one kept Transport]
+            sinks  ◀─Result── rows of each chunk, once, when the chunk completes
+
+The client reads the input lazily and keeps at most CHUNKS_PER_WORKER chunks per worker
+process in flight, so its memory stays flat however long the input. A chunk's rows are
+yielded only when the whole chunk comes back: Dask re-runs the chunks of a worker that dies,
+and a chunk yielded once can never be yielded again.
+
+Each worker process keeps one Transport per config across chunks (the pools are the point)
+and runs one chunk at a time on it, with exactly the engine a single process runs.
+
+Imported only when a cluster is asked for: importing distributed takes about a second.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import itertools
+import logging
+import signal
+import threading
+import time
+import uuid
+from collections import OrderedDict, deque
+from collections.abc import Generator, Iterable, Iterator
+from concurrent.futures import CancelledError
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
+
+from pooledfetch import results as rc
+from pooledfetch.config import FetchConfig
+from pooledfetch.engine import DEFAULT_GRACE_SECONDS, KeepOrder, RunProgress, error_result, run
+from pooledfetch.errors import ClusterError, ConfigError
+from pooledfetch.limits import MAX_TRACKED_HOSTS, WINDOW, Limiter, host_key
+from pooledfetch.pools import PoolAccounting, PoolFigures
+from pooledfetch.results import Result
+from pooledfetch.session import Transport
+from pooledfetch.sources import Target
+
+try:
+    import distributed
+except ImportError:
+    raise ConfigError("--processes and --dask-scheduler need Dask: pip install 'pooledfetch[dask]'") from None
+
+# Targets per chunk: enough that a chunk's start-up cost (a task, a pickled config) is small
+# per URL, few enough that a lost worker costs little and the input is spread evenly.
+DEFAULT_CHUNK = 256
+# A rate-limited chunk holds about this much work, so the last chunks are not run by one
+# process at its share of the rate while the others sit idle.
+CHUNK_SECONDS = 1.0
+# Chunks in flight per worker process: one running and one ready to start.
+CHUNKS_PER_WORKER = 2
+# Only these methods may be sent again when a chunk is re-run (RFC 9110 idempotent, minus PUT
+# and DELETE, whose repeat may still surprise: at most once is the promise for every other).
+RESENDABLE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
+# How long the client waits after Ctrl-C for running chunks to wind down and return their rows.
+CANCEL_WAIT_SECONDS = DEFAULT_GRACE_SECONDS + 10.0
+# How long after a chunk's task is released its marker is (see _Dispatch._release).
+MARKER_RELEASE_DELAY = 2.0
+_POLL_SECONDS = 0.2
+_DONE_POLL_SECONDS = 0.01
+_CANCEL_POLL_SECONDS = 0.25
+_MARKER = "pooledfetch-marker"
+# Per-process Transports kept for different configs (runs) at once.
+_MAX_ENGINES = 4
+
+
+# --- the client side ------------------------------------------------------------------------------------------
+
+
+@contextmanager
+def connect(processes: int | None, scheduler: str | None, connect_timeout: float) -> Iterator[distributed.Client]:
+    """A client of a new LocalCluster of `processes` workers, or of the cluster at `scheduler`.
+
+    A LocalCluster started here is shut down on the way out, its worker processes with it.
+    Dask's own log lines (a worker restarted, the scheduler gone, with tracebacks) are kept
+    quiet meanwhile: what they tell, the rows and pooledfetch's one error line tell.
+    """
+    # Dask configures some of its loggers (distributed.client among them) with their own
+    # handler and level, so each is quietened, not just the parent.
+    names = ["distributed"] + [name for name in logging.root.manager.loggerDict if name.startswith("distributed.")]
+    levels = {name: logging.getLogger(name).level for name in names}
+    for name in names:
+        logging.getLogger(name).setLevel(logging.CRITICAL)
+    try:
+        with _connected(processes, scheduler, connect_timeout) as client:
+            yield client
+    finally:
+        for name, level in levels.items():
+            logging.getLogger(name).setLevel(level)
+
+
+@contextmanager
+def _connected(processes: int | None, scheduler: str | None, connect_timeout: float) -> Iterator[distributed.Client]:
+    if scheduler is not None:
+        try:
+            client = distributed.Client(scheduler, timeout=connect_timeout, set_as_default=False)
+        except ValueError as exc:
+            raise ConfigError(f"--dask-scheduler {scheduler!r}: {exc}") from None
+        except (OSError, TimeoutError) as exc:
+            raise ClusterError(f"cannot reach the Dask scheduler at {scheduler}: {exc}") from None
+        with client:
+            yield client
+        return
+    # Without bokeh Dask would warn that it cannot serve its dashboard; ":0" is a free port,
+    # so two runs never clash on 8787.
+    dashboard = ":0" if importlib.util.find_spec("bokeh") is not None else None
+    with _sigint_ignored():
+        cluster = distributed.LocalCluster(
+            n_workers=processes,
+            threads_per_worker=1,
+            processes=True,
+            host="127.0.0.1",
+            dashboard_address=dashboard,
+            silence_logs=logging.CRITICAL,
+        )
+    with cluster, distributed.Client(cluster, set_as_default=False) as client:
+        yield client
+
+
+@contextmanager
+def _sigint_ignored() -> Iterator[None]:
+    """Start worker processes that ignore SIGINT, as a child inherits an ignored signal.
+
+    Ctrl-C on a terminal signals the whole process group: the workers must not die of it, but
+    wind their chunks down when the client tells them, as a single process does.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def dashboard_link(client: distributed.Client) -> str | None:
+    """The Dask dashboard's address, when the scheduler serves one (it needs bokeh there: without
+    it the same port only answers health checks)."""
+    if "dashboard" not in client.scheduler_info().get("services", {}):
+        return None
+    try:
+        # A lambda travels by value: the scheduler need not have pooledfetch installed.
+        if not client.run_on_scheduler(lambda: importlib.util.find_spec("bokeh") is not None):
+            return None
+    except Exception:  # noqa: BLE001 - a scheduler that will not run it keeps its dashboard to itself
+        return None
+    link: str = client.dashboard_link
+    return link
+
+
+def chunk_size_for(config: FetchConfig) -> int:
+    """Targets per chunk of a worker process's `config` (its share of --rate): DEFAULT_CHUNK,
+    or about CHUNK_SECONDS of work under a rate limit."""
+    rates = [rate for rate in (config.rate, config.per_host_rate) if rate is not None]
+    if rates:
+        return max(1, min(DEFAULT_CHUNK, round(min(rates) * CHUNK_SECONDS)))
+    return max(DEFAULT_CHUNK, config.max_in_flight)
+
+
+def run_on_cluster(
+    targets: Iterable[Target],
+    config: FetchConfig,
+    client: distributed.Client,
+    *,
+    cancel: threading.Event | None = None,
+    progress: RunProgress | None = None,
+    chunk_size: int | None = None,
+) -> Generator[Result, None, None]:
+    """engine.run's contract on a Dask cluster: one Result per target, in completion order.
+
+    Raises ClusterError after the last row when the scheduler was lost during the run (the rows
+    it took with it are `worker_lost`).
+    """
+    dispatch = _Dispatch(targets, config, client, progress or RunProgress(), chunk_size)
+    results = dispatch.run(cancel or threading.Event())
+    return results if dispatch.keeper is None else _sorted(dispatch.keeper, results)
+
+
+def _sorted(keeper: KeepOrder, results: Generator[Result, None, None]) -> Generator[Result, None, None]:
+    try:
+        yield from keeper.sort(results)
+    finally:
+        results.close()
+
+
+@dataclass(frozen=True, slots=True)
+class Chunk:
+    """What a worker is sent: targets (whole records, whatever fields they carry) and, per host,
+    the wall-clock time (time.time()) before which it must not be sent to (pause, rate slot)."""
+
+    run_id: str
+    targets: list[Target]
+    holds: dict[str, float]
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkDone:
+    """What comes back: a row per target, who fetched them, the pool figures of the chunk and
+    the hosts' holds when it ended (wall clock)."""
+
+    results: list[Result]
+    worker: str
+    figures: PoolFigures
+    holds: dict[str, float]
+
+
+@dataclass(slots=True)
+class _Sent:
+    targets: list[Target]
+    host: str | None
+
+
+class _Dispatch:
+    """One run's client side: chunks out, rows back, markers released, the cancel event set."""
+
+    def __init__(
+        self,
+        targets: Iterable[Target],
+        config: FetchConfig,
+        client: distributed.Client,
+        progress: RunProgress,
+        chunk_size: int | None,
+    ) -> None:
+        self._client = client
+        self._progress = progress
+        self._config = config
+        processes = max(1, len(client.nthreads()))  # the workers (scheduler_info() may list only a few)
+        # --rate is shared out: each process runs one chunk at a time at its share.
+        self._worker_config = replace(config, rate=config.rate / processes) if config.rate is not None else config
+        size = chunk_size or chunk_size_for(self._worker_config)
+        self._max_in_flight = CHUNKS_PER_WORKER * processes
+        # --keep-order: rows are released in input order, and no chunk goes out while the
+        # window is full (unless none is out, which could never free it); chunks shrink so
+        # that the window still spans a chunk for every slot.
+        self.keeper = KeepOrder(config.reorder_window) if config.keep_order else None
+        if self.keeper is not None:
+            targets = self.keeper.taken(targets)
+            size = min(size, max(1, config.reorder_window // self._max_in_flight))
+        self._invalid: deque[Target] = deque()
+        valid = self._valid_only(targets)
+        by_host = config.per_host_concurrency is not None or config.per_host_rate is not None or config.pause_hosts
+        self._chunks: _HostChunks | _InputChunks = _HostChunks(valid, size) if by_host else _InputChunks(valid, size)
+        self._in_flight: dict[distributed.Future[ChunkDone], _Sent] = {}
+        self._holds: dict[str, float] = {}
+        self._run_id = uuid.uuid4().hex
+        self._keys = (f"pooledfetch-{self._run_id}-{number}" for number in itertools.count())
+        self._markers = config.method not in RESENDABLE_METHODS
+        self._spent: deque[tuple[float, str]] = deque()  # (when its task was released, marker holder)
+        self._cancel_event = distributed.Event(_cancel_event_name(self._run_id), client=client)
+        # Re-registering replaces the plugin on every worker; the Transports it closes reopen on use.
+        client.register_plugin(TransportPlugin())
+
+    def _valid_only(self, targets: Iterable[Target]) -> Iterator[Target]:
+        """The targets to fetch; invalid lines are set aside to get their rows on the client."""
+        for target in targets:
+            if target.url is None:
+                self._invalid.append(target)
+            else:
+                yield target
+
+    def run(self, cancel: threading.Event) -> Generator[Result, None, None]:
+        lost: str | None = None
+        try:
+            while not cancel.is_set():
+                yield from self._invalid_rows()
+                sent = self._room() and self._submit_next()
+                yield from self._invalid_rows()
+                if sent:
+                    continue
+                if not self._in_flight and self._chunks.exhausted:
+                    yield from self._invalid_rows()  # any read by that last look at the input
+                    return
+                yield from self._collect(_POLL_SECONDS)
+            yield from self._wind_down()
+        except _SchedulerLost as exc:
+            lost = str(exc)
+            yield from self._abandon(rc.WORKER_LOST, f"the Dask scheduler was lost: {lost}")
+        finally:
+            self._finish()
+        if lost is not None:
+            raise ClusterError(f"lost the Dask scheduler during the run: {lost}")
+
+    def _room(self) -> bool:
+        if len(self._in_flight) >= self._max_in_flight:
+            return False
+        return self.keeper is None or not self.keeper.full or not self._in_flight
+
+    def _invalid_rows(self) -> Iterator[Result]:
+        while self._invalid:
+            target = self._invalid.popleft()
+            yield error_result(target, self._config, rc.INVALID_URL, target.invalid_reason or "invalid URL")
+
+    def _submit_next(self) -> bool:
+        taken = self._chunks.next_chunk()
+        if taken is None:
+            return False
+        host, targets = taken
+        holds = {host: self._holds[host]} if host is not None and host in self._holds else {}
+        chunk = Chunk(self._run_id, targets, holds)
+        try:
+            future = self._client.submit(run_chunk, chunk, self._worker_config, key=next(self._keys), pure=False)
+        except (OSError, CancelledError, RuntimeError) as exc:
+            self._chunks.finished(host)
+            raise _SchedulerLost(_message(exc)) from None
+        self._in_flight[future] = _Sent(targets, host)
+        self._count_in_flight()
+        return True
+
+    def _collect(self, timeout: float) -> Iterator[Result]:
+        """The rows of every chunk that has finished, waiting up to `timeout` for the first."""
+        if self._client.status not in ("running", "connecting", "newly-created"):
+            raise _SchedulerLost(f"the client is {self._client.status}")
+        # distributed.wait() needs a default client; a future's done() is a local look.
+        deadline = time.monotonic() + timeout
+        while not (done := [future for future in self._in_flight if future.done()]):
+            if time.monotonic() >= deadline:
+                return
+            time.sleep(_DONE_POLL_SECONDS)
+        for future in done:
+            yield from self._rows_of(future)
+
+    def _rows_of(self, future: distributed.Future[ChunkDone]) -> Iterator[Result]:
+        sent = self._in_flight.pop(future)
+        self._count_in_flight()
+        self._chunks.finished(sent.host)
+        try:
+            outcome: ChunkDone = future.result()
+        except distributed.KilledWorker as exc:
+            outcome = _unsent(
+                sent.targets, self._config, rc.WORKER_LOST, f"Dask gave up on this chunk: {_message(exc)}"
+            )
+        except (CancelledError, OSError) as exc:
+            if self._client.status != "running":
+                self._in_flight[future] = sent  # still the scheduler's to answer for
+                raise _SchedulerLost(_message(exc)) from None
+            outcome = _unsent(sent.targets, self._config, rc.WORKER_LOST, _message(exc))
+        except Exception as exc:  # noqa: BLE001 - a bug in a chunk must not lose its rows
+            outcome = _unsent(sent.targets, self._config, rc.OTHER, _message(exc))
+        self._release(future)
+        if outcome.figures.urls or outcome.figures.requests_sent:
+            self._progress.accounting.add(outcome.worker, outcome.figures)
+        self._keep_holds(outcome.holds)
+        rows = {result.index: result for result in outcome.results}
+        for target in sent.targets:
+            row = rows.get(target.index)
+            yield row if row is not None else error_result(target, self._config, rc.OTHER, "no row came back")
+
+    def _keep_holds(self, holds: dict[str, float]) -> None:
+        self._holds.update(holds)
+        if len(self._holds) > MAX_TRACKED_HOSTS:
+            now = time.time()
+            self._holds = {host: until for host, until in self._holds.items() if until > now}
+
+    def _release(self, future: distributed.Future[ChunkDone]) -> None:
+        """Release the chunk's task, and later its at-most-once marker.
+
+        The task's release travels on the client's batched stream, the marker's on an RPC of its
+        own: the marker waits MARKER_RELEASE_DELAY so the scheduler has surely forgotten the task
+        (and cannot run it again) by the time the marker is free.
+        """
+        try:
+            holder = self._holder(future) if self._markers else None
+            future.release()
+            if holder is not None:
+                self._spent.append((time.monotonic(), holder))
+            while self._spent and time.monotonic() - self._spent[0][0] > MARKER_RELEASE_DELAY:
+                self._release_marker(self._spent.popleft()[1])
+        except (OSError, TimeoutError):
+            pass  # the scheduler is gone, and its markers with it
+
+    def _holder(self, future: distributed.Future[ChunkDone]) -> str | None:
+        """The id of the MultiLock that claimed the chunk's marker, if a run of it did."""
+        holder: str | None = self._client.get_metadata([future.key, _MARKER], default=None)
+        return holder
+
+    def _release_marker(self, holder: str | None) -> None:
+        scheduler = self._client.scheduler
+        if holder is not None and scheduler is not None:
+            self._client.sync(scheduler.multi_lock_release, id=holder)
+
+    def _wind_down(self) -> Iterator[Result]:
+        """Ctrl-C: no more chunks; running ones stop starting requests and return their rows."""
+        try:
+            self._cancel_event.set()
+        except (OSError, TimeoutError):
+            pass  # no scheduler, no chunks to stop: their rows are given below
+        for target in self._chunks.drain():
+            yield error_result(target, self._config, rc.CANCELLED, "run interrupted before this URL was sent")
+        yield from self._invalid_rows()
+        deadline = time.monotonic() + CANCEL_WAIT_SECONDS
+        while self._in_flight and time.monotonic() < deadline:
+            try:
+                yield from self._collect(_POLL_SECONDS)
+            except _SchedulerLost:
+                break
+        yield from self._abandon(rc.INTERRUPTED, "run interrupted while this URL's chunk was on a Dask worker")
+
+    def _abandon(self, error: str, detail: str) -> Iterator[Result]:
+        """A row for every target still out or never sent, and no waiting for any of them."""
+        for sent in self._in_flight.values():
+            for target in sent.targets:
+                yield error_result(target, self._config, error, detail)
+        self._in_flight.clear()
+        self._count_in_flight()
+        for target in self._chunks.drain():
+            yield error_result(target, self._config, error, detail)
+        yield from self._invalid_rows()
+
+    def _finish(self) -> None:
+        """Forget the chunks still out (an abandoned run: the scheduler lost, a second Ctrl-C, the
+        consumer gone), stopping any still running, and release every marker left."""
+        futures = list(self._in_flight)
+        self._in_flight.clear()
+        self._count_in_flight()
+        if self._client.status != "running":
+            return
+        try:
+            while self._spent:
+                self._release_marker(self._spent.popleft()[1])
+            if not futures:
+                self._cancel_event.clear()  # removes it from the scheduler
+                return
+            # Set, and left set: chunks still running must stop starting requests.
+            self._cancel_event.set()
+            # Holders are read before the tasks are forgotten (their metadata goes with them),
+            # and released after, when no re-run can claim a marker again.
+            holders = [self._holder(future) for future in futures] if self._markers else []
+            self._client.cancel(futures)
+            for holder in holders:
+                self._release_marker(holder)
+        except (OSError, TimeoutError):
+            pass  # the scheduler is gone, and its markers with it
+
+    def _count_in_flight(self) -> None:
+        self._progress.in_flight = sum(len(sent.targets) for sent in self._in_flight.values())
+
+
+class _SchedulerLost(Exception):
+    pass
+
+
+def _message(exc: BaseException) -> str:
+    """The exception's name and the first line of its message (Dask's run to several)."""
+    first = str(exc).strip().partition("\n")[0]
+    return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
+
+
+class _InputChunks:
+    """The input cut in order into chunks of `size`."""
+
+    def __init__(self, targets: Iterable[Target], size: int) -> None:
+        self._source = iter(targets)
+        self._size = size
+        self._next: list[Target] = []
+
+    @property
+    def exhausted(self) -> bool:
+        if not self._next:
+            self._next = list(itertools.islice(self._source, self._size))
+        return not self._next
+
+    def next_chunk(self) -> tuple[str | None, list[Target]] | None:
+        if self.exhausted:
+            return None
+        chunk, self._next = self._next, []
+        return None, chunk
+
+    def finished(self, host: str | None) -> None:
+        pass
+
+    def drain(self) -> Iterator[Target]:
+        chunk, self._next = self._next, []
+        yield from chunk
+        yield from self._source
+
+
+class _HostChunks:
+    """Chunks of one host's targets each, at most one chunk per host in flight.
+
+    With a per-host limit that makes the limit exact across processes: a host's requests are
+    only ever made by the one process running its chunk. A bounded look-ahead (at least WINDOW
+    targets) is read and grouped by host, as limits.HostWindow does for threads.
+    """
+
+    def __init__(self, targets: Iterable[Target], size: int, window: int = WINDOW) -> None:
+        self._source: Iterator[Target] | None = iter(targets)
+        self._size = size
+        self._window = max(window, size)
+        self._buffered = 0
+        self._queues: OrderedDict[str, deque[Target]] = OrderedDict()
+        self._busy: set[str] = set()
+
+    @property
+    def exhausted(self) -> bool:
+        self._fill()
+        return not self._queues
+
+    def next_chunk(self) -> tuple[str | None, list[Target]] | None:
+        self._fill()
+        for host, queue in self._queues.items():
+            if host in self._busy:
+                continue
+            chunk = [queue.popleft() for _ in range(min(self._size, len(queue)))]
+            self._buffered -= len(chunk)
+            self._busy.add(host)
+            # The host goes to the back of the line, so hosts take turns.
+            del self._queues[host]
+            if queue:
+                self._queues[host] = queue
+            return host, chunk
+        return None
+
+    def finished(self, host: str | None) -> None:
+        if host is not None:
+            self._busy.discard(host)
+
+    def drain(self) -> Iterator[Target]:
+        for queue in self._queues.values():
+            yield from queue
+        self._queues.clear()
+        self._buffered = 0
+        source, self._source = self._source, None
+        if source is not None:
+            yield from source
+
+    def _fill(self) -> None:
+        while self._source is not None and self._buffered < self._window:
+            target = next(self._source, None)
+            if target is None:
+                self._source = None
+                return
+            assert target.url is not None
+            host = host_key(target.url)
+            queue = self._queues.get(host)
+            if queue is None:
+                queue = self._queues[host] = deque()
+            queue.append(target)
+            self._buffered += 1
+
+
+def _cancel_event_name(run_id: str) -> str:
+    return f"pooledfetch-cancel-{run_id}"
+
+
+# --- the worker side ------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _ProcessEngine:
+    """A worker process's Transport for one config, and what carries over between its chunks."""
+
+    transport: Transport
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    overall_next: float | None = None
+
+
+_ENGINES: OrderedDict[FetchConfig, _ProcessEngine] = OrderedDict()
+_ENGINES_LOCK = threading.Lock()
+
+
+def _engine_for(config: FetchConfig) -> _ProcessEngine:
+    with _ENGINES_LOCK:
+        engine = _ENGINES.get(config)
+        if engine is not None:
+            _ENGINES.move_to_end(config)
+            return engine
+        engine = _ENGINES[config] = _ProcessEngine(Transport(config, PoolAccounting()))
+        evicted = _ENGINES.popitem(last=False)[1] if len(_ENGINES) > _MAX_ENGINES else None
+    if evicted is not None:
+        with evicted.lock:
+            evicted.transport.close()
+    return engine
+
+
+def close_engines() -> None:
+    """Close every Transport this process keeps (the worker is stopping)."""
+    with _ENGINES_LOCK:
+        engines = list(_ENGINES.values())
+        _ENGINES.clear()
+    for engine in engines:
+        engine.transport.close()
+
+
+class TransportPlugin(distributed.WorkerPlugin):
+    """Closes the worker process's kept Transports when the worker stops."""
+
+    name = "pooledfetch-transports"
+
+    def teardown(self, worker: distributed.Worker) -> None:
+        close_engines()
+
+
+def run_chunk(chunk: Chunk, config: FetchConfig) -> ChunkDone:
+    """Run on a Dask worker: fetch the chunk with engine.run on this process's kept Transport."""
+    worker = distributed.get_worker()
+    name = worker.name if isinstance(worker.name, str) else worker.address
+    cancelled = distributed.Event(_cancel_event_name(chunk.run_id))
+    engine = _engine_for(config)
+    # One chunk at a time per process: its pool figures are exactly the chunk's, and a
+    # process's share of --rate holds even on a worker given more than one thread.
+    with engine.lock:
+        if cancelled.is_set():
+            return _unsent(chunk.targets, config, rc.CANCELLED, "run interrupted before this URL was sent")
+        if config.method not in RESENDABLE_METHODS and not _claim_marker(worker):
+            detail = f"the Dask worker running this chunk was lost; a {config.method} is never sent twice"
+            return _unsent(chunk.targets, config, rc.WORKER_LOST, detail)
+        accounting = engine.transport.accounting
+        before = accounting.figures()
+        limiter = Limiter.for_config(config, accounting)
+        if limiter is not None:
+            _apply_holds(limiter, chunk.holds, engine.overall_next)
+        stop = threading.Event()
+        watcher = threading.Thread(target=_watch, args=(cancelled, stop), name="pooledfetch-cancel", daemon=True)
+        watcher.start()
+        try:
+            progress = RunProgress(accounting=accounting)
+            rows = list(
+                run(chunk.targets, config, cancel=stop, progress=progress, transport=engine.transport, limiter=limiter)
+            )
+        finally:
+            stop.set()
+        holds: dict[str, float] = {}
+        if limiter is not None:
+            offset = time.time() - time.monotonic()
+            holds = {host: until + offset for host, until in limiter.holds().items()}
+            engine.overall_next = limiter.overall_next()
+        figures = replace(accounting.figures() - before, urls=len(rows))
+    return ChunkDone([replace(row, worker=name) for row in rows], name, figures, holds)
+
+
+def _apply_holds(limiter: Limiter, holds: dict[str, float], overall_next: float | None) -> None:
+    offset = time.monotonic() - time.time()
+    for host, until in holds.items():
+        limiter.hold(host, until + offset)
+    if overall_next is not None:
+        limiter.hold_overall(overall_next)
+
+
+def _claim_marker(worker: distributed.Worker) -> bool:
+    """Claim this chunk's at-most-once marker on the scheduler; False if a run before took it.
+
+    A MultiLock is held until released by id, whatever becomes of its holder (a Lock's or a
+    Semaphore's lease lapses when its holder dies). The holder's id is kept as the task's
+    metadata, so the client can release it once the chunk's rows are in.
+    """
+    key = worker.get_current_task()
+    marker = distributed.MultiLock([str(key)])
+    if not marker.acquire(blocking=False):
+        return False
+    marker.client.set_metadata([key, _MARKER], marker.id)
+    return True
+
+
+def _watch(cancelled: distributed.Event, stop: threading.Event) -> None:
+    """Stop the chunk's engine once the client sets the run's cancel event."""
+    # is_set() polls rather than wait() blocks on the scheduler: a wait still pending there
+    # when the cluster shuts down is logged as an error.
+    while not stop.wait(_CANCEL_POLL_SECONDS):
+        try:
+            if cancelled.is_set():
+                stop.set()
+        except (OSError, TimeoutError):
+            pass  # the scheduler is unreachable for now
+
+
+def _unsent(targets: list[Target], config: FetchConfig, error: str, detail: str) -> ChunkDone:
+    """A chunk's rows when no worker fetched it (so none is named), or none is known to have."""
+    rows = [error_result(target, config, error, detail) for target in targets]
+    return ChunkDone(rows, "", PoolFigures(), {})
