@@ -40,6 +40,7 @@ from pooledfetch.session import Transport
 from pooledfetch.sources import Target
 
 try:
+    import dask
     import distributed
 except ImportError:
     raise ConfigError("--processes and --dask-scheduler need Dask: pip install 'pooledfetch[dask]'") from None
@@ -63,6 +64,7 @@ _POLL_SECONDS = 0.2
 _DONE_POLL_SECONDS = 0.01
 _CANCEL_POLL_SECONDS = 0.25
 _MARKER = "pooledfetch-marker"
+_MESSAGE_LOG_LENGTH = 8
 # Per-process Transports kept for different configs (runs) at once.
 _MAX_ENGINES = 4
 
@@ -85,8 +87,11 @@ def connect(processes: int | None, scheduler: str | None, connect_timeout: float
     for name in names:
         logging.getLogger(name).setLevel(logging.CRITICAL)
     try:
-        with _connected(processes, scheduler, connect_timeout) as client:
-            yield client
+        # Dask keeps each comm's last messages for debugging, 1,000 batches by default: with a
+        # chunk of targets (or its rows) in each, that is a quarter of a million rows per comm.
+        with dask.config.set({"distributed.admin.low-level-log-length": _MESSAGE_LOG_LENGTH}):
+            with _connected(processes, scheduler, connect_timeout) as client:
+                yield client
     finally:
         for name, level in levels.items():
             logging.getLogger(name).setLevel(level)
