@@ -76,13 +76,17 @@ def run_sampled(command: list[str]) -> Sampled:
     return Sampled(wall, client, peak_rss / 2**20, workers)
 
 
-def commands(url_file: Path, work: Path, ca: str, workers: int, processes: int) -> dict[str, list[str]]:
+def commands(
+    url_file: Path, work: Path, ca: str, workers: int, processes: int, chunk_size: int | None = None
+) -> dict[str, list[str]]:
     base = [sys.executable, "-m", "pooledfetch", str(url_file), "-q", "-o", str(work / "out.jsonl"), "--ca-bundle", ca]
     per_process = max(1, workers // processes)
+    chunking = ["--chunk-size", str(chunk_size)] if chunk_size else []
     return {
         f"one process -w {workers}": [*base, "-w", str(workers), "--pool-maxsize", str(workers)],
         f"--processes {processes} -w {per_process}": [
             *base, "--processes", str(processes), "-w", str(per_process), "--pool-maxsize", str(per_process),
+            *chunking,
         ],
     }  # fmt: skip
 
@@ -102,7 +106,9 @@ def compare(name: str, urls: list[str], server: nginx.Nginx, work: Path, args: a
     url_file.write_text("\n".join(urls) + "\n")
     runs: dict[str, list[Sampled]] = {}
     for _ in range(args.rounds):
-        for label, command in commands(url_file, work, server.ca_path, args.workers, args.processes).items():
+        for label, command in commands(
+            url_file, work, server.ca_path, args.workers, args.processes, args.chunk_size
+        ).items():
             runs.setdefault(label, []).append(run_sampled(command))  # interleaved: drift hits both alike
     lines = [
         f"\n### {name} ({len(urls):,} URLs, best of {args.rounds})\n",
@@ -150,6 +156,8 @@ def main() -> None:
         "--rss-lines", type=int, default=1_000_000, help="input size for the client RSS check (0: skip)"
     )
     parser.add_argument("--no-latency", action="store_true", help="skip the 40 ms HTTPS scenario")
+    parser.add_argument("--no-cpu", action="store_true", help="skip the CPU-bound scenario")
+    parser.add_argument("--chunk-size", type=int, help="--chunk-size for the cluster runs (default: pooledfetch's)")
     args = parser.parse_args()
 
     server = nginx.start()
@@ -159,7 +167,8 @@ def main() -> None:
         print(f"# pooledfetch cluster bench — {time.strftime('%Y-%m-%d')}, {platform.node()}, {os.cpu_count()} CPUs, "
               f"Python {platform.python_version()}")  # fmt: skip
         print(f"\ncluster start-up (--processes {args.processes}): {startup(server, work, args.processes, 2):.2f} s")
-        print(compare("cpu", [server.http_url("/small")] * args.urls, server, work, args), flush=True)
+        if not args.no_cpu:
+            print(compare("cpu", [server.http_url("/small")] * args.urls, server, work, args), flush=True)
         if not args.no_latency:
             hosts = [server.https_url("/small", host=1 + i % nginx.HOSTS, port=delay_port) for i in range(args.urls)]
             print(compare("latency", hosts, server, work, args), flush=True)

@@ -417,7 +417,7 @@ def _graceful_interrupts(cancel: threading.Event) -> Iterator[None]:
     type=click.IntRange(min=1),
     metavar="N",
     help="URLs per Dask task with --processes or --dask-scheduler."
-    "  [default: 256, or about 1 s of work under --rate/--per-host-rate]",
+    "  [default: 512, or about 1 s of work under --rate/--per-host-rate]",
 )
 @click.version_option(__version__, "-V", "--version", prog_name="pooledfetch")
 def cli(**options: Any) -> None:

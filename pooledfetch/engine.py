@@ -88,11 +88,13 @@ def run(
     progress: RunProgress | None = None,
     transport: Transport | None = None,
     limiter: Limiter | None = None,
+    executor: ThreadPoolExecutor | None = None,
 ) -> Generator[Result, None, None]:
     """Fetch `targets`, yielding one Result per target as each completes.
 
     A `transport` given by the caller (a Dask worker's, kept across chunks) is used and left
-    open; so is its `limiter`, made for this run with the same config and accounting.
+    open; so is its `limiter`, made for this run with the same config and accounting, and its
+    `executor` (at least `config.workers` threads), whose threads then outlive the run.
     """
     cancel = cancel or threading.Event()
     progress = progress or RunProgress()
@@ -106,7 +108,9 @@ def run(
     # In input order, targets go out as they come: a host window would reorder them.
     window = _host_window(targets, config) if keeper is None else None
     flight = _InFlight(progress) if window is None else _FairInFlight(progress, window)
-    executor = ThreadPoolExecutor(config.workers, thread_name_prefix="pooledfetch")
+    owned_executor = executor is None
+    if executor is None:
+        executor = ThreadPoolExecutor(config.workers, thread_name_prefix="pooledfetch")
     for _ in range(config.workers):
         executor.submit(_work, transport, flight.inbox, flight.outbox, abandon, limiter)
     try:
@@ -119,7 +123,8 @@ def run(
         abandon.set()
         for _ in range(config.workers):
             flight.inbox.put(None)
-        executor.shutdown(wait=False, cancel_futures=True)
+        if owned_executor:
+            executor.shutdown(wait=False, cancel_futures=True)
         if owned:
             transport.close()
 
