@@ -257,3 +257,28 @@ def test_the_fast_path_takes_only_canonical_urls(url: str, expected: str | None)
     assert canonical_url(url) == expected
     if expected is not None:
         assert _prepared_by_requests(url) == expected
+
+
+def test_pools_past_pool_connections_are_evicted_and_opened_again() -> None:
+    # Three origins, room for two pools: each visit to a third evicts (closes) the oldest pool,
+    # and a later request to that origin must get a live pool, never a ClosedPoolError.
+    with DemoServer() as first, DemoServer() as second, DemoServer() as third:
+        servers = [first, second, third]
+        urls = [f"{servers[i % 3].base_url}/status/200?{i}" for i in range(12)]
+        results = list(fetch_all(urls, FetchConfig(workers=1, pool_connections=2)))
+        assert [result.status for result in results] == [200] * 12
+        # Every visit found its origin's pool evicted since the last one: a new connection each time.
+        assert sum(server.connections for server in servers) == 12
+
+
+def test_the_pool_of_an_origin_is_remembered_while_the_manager_has_room(demo_server: DemoServer) -> None:
+    transport = Transport(fast())
+    try:
+        for _ in range(3):
+            response = transport.send(transport.prepare(f"{demo_server.base_url}/status/200"))
+            response.read()
+            response.release_conn()
+        assert len(transport.adapter.poolmanager.pools) == 1
+        assert demo_server.connections == 1
+    finally:
+        transport.close()
