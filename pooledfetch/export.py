@@ -132,8 +132,9 @@ class JsonExporter(_FileExporter):
 
     def write_row(self, result: Result) -> None:
         separator = "\n" if self._first else ",\n"
-        self._first = False
         self._stream.write(separator + json.dumps(row_dict(result, self._input_names)))
+        # Only once the row is written: a row lost to an interrupt must not leave "[,".
+        self._first = False
 
     def end(self) -> None:
         self._stream.write("\n]\n")

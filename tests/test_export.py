@@ -370,3 +370,17 @@ def test_failed_open_does_not_leak_the_file(fmt):
         with pytest.raises(ExportError):
             open_exporter("/dev/full", fmt)
     assert leaks == []
+
+
+def test_a_json_row_that_fails_to_encode_leaves_the_array_valid(tmp_path: object) -> None:
+    # Whatever stops a row half way (an interrupt, a value JSON cannot hold), the next row must
+    # not be written as if one came before it: "[,\n{...}" is not JSON.
+    path = os.path.join(str(tmp_path), "out.json")
+    exporter = open_exporter(path, "json", input_names=("note",))
+    with pytest.raises(TypeError):
+        exporter.write(helpers.make_result(index=0, input_row=(object(),)))
+    exporter.write(helpers.make_result(index=1, input_row=("fine",)))
+    exporter.close()
+    with open(path, encoding="utf-8") as stream:
+        rows = json.load(stream)
+    assert [(row["index"], row["note"]) for row in rows] == [(1, "fine")]
