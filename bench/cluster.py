@@ -34,7 +34,7 @@ import psutil
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import nginx  # noqa: E402
-from run import start_delay_forwarder  # noqa: E402
+from run import compile_package, start_delay_forwarder  # noqa: E402
 
 _SAMPLE_SECONDS = 0.1
 
@@ -160,6 +160,7 @@ def main() -> None:
     parser.add_argument("--chunk-size", type=int, help="--chunk-size for the cluster runs (default: pooledfetch's)")
     args = parser.parse_args()
 
+    compile_package()
     server = nginx.start()
     forwarder, delay_port = start_delay_forwarder(server)
     work = Path(tempfile.mkdtemp(prefix="pooledfetch-bench-cluster-"))
