@@ -7,7 +7,6 @@ Heavy modules (requests, urllib3, the demo server) are imported inside the comma
 from __future__ import annotations
 
 import os
-import re
 import signal
 import sys
 import threading
@@ -19,8 +18,8 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
-from pooledfetch import __version__
 from pooledfetch import config as cfg
+from pooledfetch import options as opts
 from pooledfetch.errors import ExitCode, PooledFetchError
 
 if TYPE_CHECKING:
@@ -36,93 +35,6 @@ if TYPE_CHECKING:
     from pooledfetch.sink import NullView, Sink
     from pooledfetch.sources import Target
     from pooledfetch.stats import RunStats
-
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b?)\s*$", re.IGNORECASE)
-_SIZE_POWERS = {"": 0, "k": 1, "m": 2, "g": 3, "t": 4}
-
-
-def _size(value: str) -> int:
-    """`100MB`, `512k`, `1GiB` or a plain number of bytes."""
-    match = _SIZE.match(value)
-    if not match:
-        raise click.BadParameter(f"{value!r} is not a size such as 1048576, 512k, 100MB or 1GiB")
-    number, unit, suffix = match.groups()
-    base = 1024 if suffix.lower().startswith("i") else 1000
-    return int(float(number) * base ** _SIZE_POWERS[unit.lower()])
-
-
-def _header(value: str) -> tuple[str, str]:
-    name, colon, rest = value.partition(":")
-    if not colon or not name.strip():
-        raise click.BadParameter(f"-H {value!r} is not 'Name: value' (use 'Name:' to remove a default header)")
-    return name.strip(), rest.strip()
-
-
-def _cookie(value: str) -> tuple[str, str]:
-    name, equals, rest = value.partition("=")
-    if not equals or not name.strip():
-        raise click.BadParameter(f"--cookie {value!r} is not 'name=value'")
-    return name.strip(), rest.strip()
-
-
-def _save_dir(path: str | None) -> str | None:
-    if path is not None:
-        try:
-            os.makedirs(path, exist_ok=True)
-        except OSError as exc:
-            raise click.BadParameter(f"--save-dir {path!r}: {exc.strerror or exc}") from None
-    return path
-
-
-def _statuses(value: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(part) for part in value.split(",") if part.strip())
-    except ValueError:
-        raise click.BadParameter(f"{value!r} is not a comma-separated list of status codes") from None
-
-
-def _body(value: str | None) -> bytes | None:
-    if value is None:
-        return None
-    if not value.startswith("@"):
-        return value.encode("utf-8")
-    path = value[1:]
-    try:
-        with open(path, "rb") as stream:
-            return stream.read()
-    except OSError as exc:
-        raise click.BadParameter(f"cannot read body file {path!r}: {exc.strerror}") from None
-
-
-def _read_config_file(ctx: click.Context, _: click.Parameter, path: str | None) -> str | None:
-    """Eager: the file's values become defaults before any other option is read."""
-    if path is not None:
-        from pooledfetch.configfile import load_defaults
-
-        ctx.default_map = {**(ctx.default_map or {}), **load_defaults(path, ctx.command)}
-    return path
-
-
-def _change_kinds(value: str | None) -> tuple[str, ...]:
-    if value is None:
-        return ()
-    from pooledfetch.baseline import CHANGE_KINDS
-
-    kinds = tuple(part.strip() for part in value.split(",") if part.strip())
-    if not kinds or any(kind not in CHANGE_KINDS for kind in kinds):
-        raise click.BadParameter(f"{value!r}: the change kinds are {', '.join(CHANGE_KINDS)}")
-    return kinds
-
-
-def _processes(ctx: click.Context, param: click.Parameter, value: str | None) -> int | None:
-    """`--processes N`, or `auto` for one per CPU core."""
-    if value is None:
-        return None
-    if value.strip().lower() == "auto":
-        return os.cpu_count() or 1
-    if not value.strip().isdigit() or int(value) < 1:
-        raise click.BadParameter(f"{value!r} is not a number of processes (1 or more) or 'auto'")
-    return int(value)
 
 
 def _stdin_is_terminal() -> bool:
@@ -163,263 +75,7 @@ def _graceful_interrupts(cancel: threading.Event) -> Iterator[None]:
         "auto_envvar_prefix": "POOLEDFETCH",
     }
 )
-@click.argument("inputs", nargs=-1, type=click.Path(exists=True, dir_okay=False, allow_dash=True))
-@click.option("--demo", is_flag=True, help="Start the built-in local server and fetch the sample list from it.")
-@click.option(
-    "-o",
-    "--output",
-    "outputs",
-    multiple=True,
-    metavar="PATH",
-    help="Export results (.csv, .json, .jsonl/.ndjson; '-' is JSONL on stdout). Repeatable.",
-)
-@click.option(
-    "--format",
-    "export_format",
-    type=click.Choice(["csv", "json", "jsonl"]),
-    help="Export format for every -o, instead of the file extension.",
-)
-@click.option("-q", "--quiet", is_flag=True, help="No per-URL lines and no summary.")
-@click.option("-w", "--workers", type=click.IntRange(min=1), help="Worker threads.  [default: --pool-maxsize]")
-@click.option(
-    "--pool-connections",
-    type=click.IntRange(min=1),
-    default=cfg.DEFAULT_POOL_CONNECTIONS,
-    show_default=True,
-    help="Per-host connection pools kept (an LRU): more hosts than this churn connections.",
-)
-@click.option(
-    "--pool-maxsize",
-    type=click.IntRange(min=1),
-    default=cfg.DEFAULT_POOL_MAXSIZE,
-    show_default=True,
-    help="Connections kept open per host.",
-)
-@click.option(
-    "--pool-block/--no-pool-block",
-    default=True,
-    show_default=True,
-    help="Wait for a pooled connection instead of opening (and then discarding) extra ones.",
-)
-@click.option(
-    "--retries",
-    type=click.IntRange(min=0),
-    default=cfg.DEFAULT_RETRIES,
-    show_default=True,
-    help="Retries per request (connection errors and --retry-status; idempotent methods only).",
-)
-@click.option(
-    "--backoff-factor",
-    type=click.FloatRange(min=0),
-    default=cfg.DEFAULT_BACKOFF_FACTOR,
-    show_default=True,
-    help="Exponential backoff between retries: factor × 2^(retry-1) seconds.",
-)
-@click.option(
-    "--retry-status",
-    default=",".join(map(str, cfg.DEFAULT_RETRY_STATUSES)),
-    show_default=True,
-    metavar="CODES",
-    help="Comma-separated statuses to retry (Retry-After is honoured).",
-)
-@click.option(
-    "--max-retry-wait",
-    type=click.FloatRange(min=0),
-    default=cfg.DEFAULT_MAX_RETRY_WAIT,
-    show_default=True,
-    metavar="S",
-    help="Longest wait before a retry; a longer Retry-After gives up with that response.",
-)
-@click.option(
-    "--connect-timeout",
-    type=click.FloatRange(min=0, min_open=True),
-    metavar="S",
-    help="Seconds to connect (also the longest wait for a free pooled connection)."
-    f"  [default: {cfg.DEFAULT_CONNECT_TIMEOUT:g}]",
-)
-@click.option(
-    "--read-timeout",
-    type=click.FloatRange(min=0, min_open=True),
-    metavar="S",
-    help=f"Seconds of silence allowed between bytes from the server.  [default: {cfg.DEFAULT_READ_TIMEOUT:g}]",
-)
-@click.option(
-    "--timeout",
-    type=click.FloatRange(min=0, min_open=True),
-    metavar="S",
-    help="Set both --connect-timeout and --read-timeout.",
-)
-@click.option(
-    "--max-time",
-    type=click.FloatRange(min=0, min_open=True),
-    metavar="S",
-    help="Deadline per URL: connect, redirects, retries and their waits, and the body (like curl -m).",
-)
-@click.option(
-    "--rate",
-    type=click.FloatRange(min=0, min_open=True),
-    metavar="N",
-    help="At most N requests per second overall, evenly spaced (each redirect hop counts).",
-)
-@click.option(
-    "--per-host-concurrency",
-    type=click.IntRange(min=1),
-    metavar="N",
-    help="At most N requests in flight to any one host (host:port).  [default: no limit]",
-)
-@click.option(
-    "--per-host-rate",
-    type=click.FloatRange(min=0, min_open=True),
-    metavar="N",
-    help="At most N requests per second to any one host, evenly spaced.",
-)
-@click.option(
-    "--pause-hosts",
-    is_flag=True,
-    help="A 429/503 with Retry-After pauses its host for every worker (at most --max-retry-wait).",
-)
-@click.option("-X", "--method", help="HTTP method.  [default: GET, or POST with --data]")
-@click.option("-d", "--data", metavar="TEXT|@FILE", help="Request body, or @FILE to send a file's bytes.")
-@click.option(
-    "-H",
-    "--header",
-    "headers",
-    multiple=True,
-    metavar="'NAME: VALUE'",
-    help="Add or override a request header; 'Name:' removes a default one. Repeatable.",
-)
-@click.option("-A", "--user-agent", default=cfg.DEFAULT_USER_AGENT, show_default=True)
-@click.option("--max-redirects", type=click.IntRange(min=0), default=cfg.DEFAULT_MAX_REDIRECTS, show_default=True)
-@click.option("--no-follow", is_flag=True, help="Do not follow redirects: report the 3xx itself.")
-@click.option(
-    "-b",
-    "--cookie",
-    "cookies",
-    multiple=True,
-    metavar="'NAME=VALUE'",
-    help="Send this cookie with every request (never to another host on a redirect). Repeatable.",
-)
-@click.option("--cert", "client_cert", type=click.Path(dir_okay=False), help="Client certificate (PEM) for TLS.")
-@click.option("--key", "client_key", type=click.Path(dir_okay=False), help="Private key of --cert, if not in it.")
-@click.option(
-    "--save-dir",
-    type=click.Path(file_okay=False),
-    help="Save each body in this directory (created if missing), named by index, host and path.",
-)
-@click.option("-x", "--proxy", metavar="URL", help="Send every request through this HTTP(S) proxy.")
-@click.option("--no-env-proxy", is_flag=True, help="Ignore HTTP_PROXY/HTTPS_PROXY/NO_PROXY from the environment.")
-@click.option("-k", "--insecure", is_flag=True, help="Do not verify TLS certificates.")
-@click.option(
-    "--ca-bundle", type=click.Path(exists=True), help="CA certificates (file or directory) to verify TLS with."
-)
-@click.option(
-    "--max-bytes",
-    default=f"{cfg.DEFAULT_MAX_BYTES // 1000**2}MB",
-    show_default=True,
-    metavar="SIZE",
-    help="Stop reading a body past this size (decoded) and report body_too_large.",
-)
-@click.option("--base-url", metavar="URL", help="Resolve relative lines (/path, path) against this URL.")
-@click.option(
-    "--default-scheme",
-    type=click.Choice(["http", "https"]),
-    default="https",
-    show_default=True,
-    help="Scheme for lines that start with a host (example.com/a).",
-)
-@click.option(
-    "--column",
-    metavar="NAME|N",
-    help="The column (CSV/TSV: a name or a 1-based number) or JSONL field holding the URLs.  [default: url]",
-)
-@click.option(
-    "--input-format",
-    type=click.Choice(["csv", "tsv", "jsonl", "lines"]),
-    help="Read every input (stdin too) as this format, instead of by file extension.",
-)
-@click.option(
-    "--keep-order",
-    is_flag=True,
-    help="Write rows in input order (a slow URL holds back the rows after it; see --reorder-window).",
-)
-@click.option(
-    "--reorder-window",
-    type=click.IntRange(min=1),
-    metavar="N",
-    help="With --keep-order: at most N URLs past the oldest unfinished one.  [default: 8 × workers]",
-)
-@click.option("--dedupe", is_flag=True, help="Skip exact repeats of a line (their index is not reused).")
-@click.option("--netrc", "use_netrc", is_flag=True, help="Send credentials from ~/.netrc (or $NETRC) per host.")
-@click.option("--show-credentials", is_flag=True, help="Show user:password in URLs instead of user:***.")
-@click.option(
-    "--resume",
-    metavar="FILE.jsonl",
-    help="Skip the URLs a previous JSONL export already has rows for, and append new rows to it.",
-)
-@click.option(
-    "--baseline",
-    metavar="PREV.jsonl",
-    help="Compare each result with a previous run's JSONL export and fill in its `change` field.",
-)
-@click.option(
-    "--if-changed",
-    metavar="PREV.jsonl",
-    help="Send If-None-Match/If-Modified-Since from a previous JSONL export (and diff against it).",
-)
-@click.option(
-    "--slower-ratio",
-    type=click.FloatRange(min=1),
-    default=2.0,
-    show_default=True,
-    metavar="R",
-    help="`slower` means more than R times the baseline's total time...",
-)
-@click.option(
-    "--slower-ms",
-    type=click.FloatRange(min=0),
-    default=250.0,
-    show_default=True,
-    metavar="MS",
-    help="...and more than this many ms slower.",
-)
-@click.option(
-    "--fail-on-change",
-    metavar="KINDS",
-    callback=lambda _context, _option, value: _change_kinds(value),
-    help="Exit 1 when any row has one of these comma-separated change kinds (e.g. broken,status_changed).",
-)
-@click.option("--fail-on-http-error", is_flag=True, help="Exit 1 when any URL answers 4xx or 5xx.")
-@click.option("--no-live", is_flag=True, help="No live table on a terminal (it is off anyway for pipes and -q).")
-@click.option("--summary-json", metavar="PATH", help="Write the run summary as JSON (also with -q).")
-@click.option("--debug", is_flag=True, help="Show tracebacks for unexpected errors.")
-@click.option(
-    "--config",
-    type=click.Path(exists=True, dir_okay=False),
-    is_eager=True,
-    expose_value=False,
-    callback=_read_config_file,
-    help="Option defaults from a TOML file (its [tool.pooledfetch] table, or its top level).",
-)
-@click.option(
-    "--processes",
-    metavar="N|auto",
-    callback=_processes,
-    help="Fetch on N worker processes of this machine (a Dask LocalCluster; auto: one per CPU core),"
-    " each with --workers threads. Needs pooledfetch[dask].",
-)
-@click.option(
-    "--dask-scheduler",
-    metavar="ADDRESS",
-    help="Fetch on the Dask cluster at ADDRESS (tcp://host:8786). Needs pooledfetch[dask].",
-)
-@click.option(
-    "--chunk-size",
-    type=click.IntRange(min=1),
-    metavar="N",
-    help="URLs per Dask task with --processes or --dask-scheduler."
-    "  [default: 512, or about 1 s of work under --rate/--per-host-rate]",
-)
-@click.version_option(__version__, "-V", "--version", prog_name="pooledfetch")
+@opts.fetch_options
 def cli(**options: Any) -> None:
     """Fetch every URL in INPUTS (files, '-' for stdin) through one pooled HTTP session.
 
@@ -474,7 +130,7 @@ def _run(options: dict[str, Any]) -> ExitCode:
             base_url = stack.enter_context(DemoServer()).base_url
             if not options["quiet"]:
                 click.echo(f"pooledfetch: demo server at {base_url}", err=True)
-        data = _body(options["data"])
+        data = opts.body(options["data"])
         timeout = options["timeout"]
         try:
             config = FetchConfig(
@@ -484,20 +140,20 @@ def _run(options: dict[str, Any]) -> ExitCode:
                 pool_block=options["pool_block"],
                 retries=options["retries"],
                 backoff_factor=options["backoff_factor"],
-                retry_statuses=_statuses(options["retry_status"]),
+                retry_statuses=opts.statuses(options["retry_status"]),
                 max_retry_wait=options["max_retry_wait"],
                 connect_timeout=options["connect_timeout"] or timeout or cfg.DEFAULT_CONNECT_TIMEOUT,
                 read_timeout=options["read_timeout"] or timeout or cfg.DEFAULT_READ_TIMEOUT,
                 max_time=options["max_time"],
                 method=options["method"] or ("POST" if data is not None else "GET"),
                 data=data,
-                headers=tuple(_header(value) for value in options["headers"]),
+                headers=tuple(opts.header(value) for value in options["headers"]),
                 user_agent=options["user_agent"],
                 follow_redirects=not options["no_follow"],
                 max_redirects=options["max_redirects"],
                 verify=not options["insecure"],
                 ca_bundle=options["ca_bundle"],
-                max_bytes=_size(options["max_bytes"]),
+                max_bytes=opts.size(options["max_bytes"]),
                 base_url=base_url,
                 default_scheme=options["default_scheme"],
                 dedupe=options["dedupe"],
@@ -507,11 +163,11 @@ def _run(options: dict[str, Any]) -> ExitCode:
                 per_host_concurrency=options["per_host_concurrency"],
                 per_host_rate=options["per_host_rate"],
                 pause_hosts=options["pause_hosts"],
-                cookies=tuple(_cookie(value) for value in options["cookies"]),
+                cookies=tuple(opts.cookie(value) for value in options["cookies"]),
                 client_cert=options["client_cert"],
                 client_key=options["client_key"],
                 proxy=options["proxy"],
-                save_dir=_save_dir(options["save_dir"]),
+                save_dir=opts.save_dir(options["save_dir"]),
                 env_proxy=not options["no_env_proxy"],
                 keep_order=options["keep_order"],
                 reorder_window=options["reorder_window"] or 0,

@@ -332,11 +332,12 @@ def test_bad_cluster_options_are_usage_errors(args: list[str], message: str) -> 
 def test_processes_auto_is_one_per_core() -> None:
     import click
 
-    from pooledfetch.cli import _processes, cli
+    from pooledfetch.cli import cli
+    from pooledfetch.options import processes
 
     context = click.Context(cli)
-    assert _processes(context, cli.params[0], "auto") == (os.cpu_count() or 1)
-    assert _processes(context, cli.params[0], " 3 ") == 3
+    assert processes(context, cli.params[0], "auto") == (os.cpu_count() or 1)
+    assert processes(context, cli.params[0], " 3 ") == 3
 
 
 def test_an_unreachable_scheduler_is_one_line_within_the_connect_timeout(tmp_path: Path, closed_port: int) -> None:
