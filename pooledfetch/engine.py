@@ -106,7 +106,7 @@ def run(
         limiter = Limiter.for_config(config, progress.accounting)
     keeper = KeepOrder(config.reorder_window) if config.keep_order else None
     # In input order, targets go out as they come: a host window would reorder them.
-    window = _host_window(targets, config) if keeper is None else None
+    window = _host_window(targets, config, limiter) if keeper is None else None
     flight = _InFlight(progress) if window is None else _FairInFlight(progress, window)
     owned_executor = executor is None
     if executor is None:
@@ -151,11 +151,15 @@ def _stages(
         yield error_result(target, config, rc.CANCELLED, "run interrupted before this URL was sent")
 
 
-def _host_window(targets: Iterable[Target], config: FetchConfig) -> HostWindow | None:
-    """A window interleaving the input by host when a per-host limit is set; None otherwise."""
+def _host_window(targets: Iterable[Target], config: FetchConfig, limiter: Limiter | None) -> HostWindow | None:
+    """A window interleaving the input by host when a per-host limit is set; None otherwise.
+
+    A paused host's targets stay in the window until its pause is over, so no worker sits
+    waiting with one while other hosts have work.
+    """
     if config.per_host_concurrency is None and config.per_host_rate is None and not config.pause_hosts:
         return None
-    return HostWindow(targets, config.per_host_concurrency)
+    return HostWindow(targets, config.per_host_concurrency, paused=limiter.paused if limiter is not None else None)
 
 
 class _InputOrder:

@@ -272,6 +272,10 @@ class Limiter:
         if host is not None and self._slots is not None:
             self._slots.release(host)
 
+    def paused(self, host: str) -> bool:
+        """True while `host` is paused (Retry-After with --pause-hosts, or a hold)."""
+        return self._hosts.paused_until(host) is not None
+
     def retry_observer(self, host: str | None) -> RetryObserver | None:
         """What urllib3 should tell of each response it retries, so a pause starts with its wait."""
         if not self._pause_hosts or host is None:
@@ -331,11 +335,18 @@ class HostWindow:
     lines) are handed out first, whatever the limits: they still get their row.
     """
 
-    def __init__(self, targets: Iterable[Target], per_host_concurrency: int | None, size: int = WINDOW) -> None:
+    def __init__(
+        self,
+        targets: Iterable[Target],
+        per_host_concurrency: int | None,
+        size: int = WINDOW,
+        paused: Callable[[str], bool] | None = None,
+    ) -> None:
         if size < 1:
             raise ValueError("size must be at least 1")
         self._source: Iterator[Target] | None = iter(targets)
         self._limit = per_host_concurrency
+        self._paused = paused
         self._size = size
         self._buffered = 0
         self._queues: dict[str, deque[Target]] = {}  # hosts with buffered targets
@@ -362,10 +373,13 @@ class HostWindow:
         if self._invalid:
             self._buffered -= 1
             return self._invalid.popleft()
-        while self._turns:
+        for _ in range(len(self._turns)):
             host = self._turns.popleft()
             if self._at_limit(host):
                 self._in_turns.discard(host)  # back in turn once one of its targets finishes
+                continue
+            if self._paused is not None and self._paused(host):
+                self._turns.append(host)  # a worker would only sit waiting with it: next round
                 continue
             queue = self._queues[host]
             target = queue.popleft()
