@@ -10,6 +10,8 @@
 - `fake_dns`: a resolver in front of `socket.getaddrinfo`: `*.invalid` fails, `*.test` is 127.0.0.1,
   everything else goes to the real resolver.
 - `closed_port` (alias `free_port`): a loopback port with nothing listening on it.
+- `server`, `other_server`: two `tests/recording.RecordingServer`s, which record each request's arrival
+  and the most in flight at once (modules that need another kind of `server` define their own).
 - `httpserver` (pytest-httpserver) listens on 127.0.0.1; `second_httpserver` is another instance on
   another port, e.g. the far end of a cross-origin redirect.
 
@@ -30,6 +32,7 @@ import pytest
 import trustme
 from hostile import BEHAVIOURS, LOOPBACK, MAX_THREAD_SECONDS, Behaviour, HostileServer
 from pytest_httpserver import HTTPServer
+from recording import RecordingServer
 
 from pooledfetch.demo import DemoServer
 
@@ -66,6 +69,16 @@ def serving(server: ServerT) -> Iterator[ServerT]:
         server.shutdown()
         server.server_close()
         thread.join(MAX_THREAD_SECONDS)
+
+
+@pytest.fixture
+def server() -> Iterator[RecordingServer]:
+    yield from serving(RecordingServer())
+
+
+@pytest.fixture
+def other_server() -> Iterator[RecordingServer]:
+    yield from serving(RecordingServer())
 
 
 @pytest.fixture

@@ -29,8 +29,8 @@ import psutil
 import pytest
 from conftest import serving
 from hostile import LOOPBACK, cli_command, offline_env
+from recording import RecordingServer, most_in_one_second
 from test_interrupts import Run, wait_until
-from test_limits import _most_in_one_second, _RecordingServer
 
 from pooledfetch import results as rc
 from pooledfetch.config import FetchConfig
@@ -159,7 +159,7 @@ def test_each_worker_process_keeps_its_transport_until_the_worker_stops(
 
 
 def test_per_host_concurrency_holds_across_processes(
-    dask_client: Any, server: _RecordingServer, other_server: _RecordingServer
+    dask_client: Any, server: RecordingServer, other_server: RecordingServer
 ) -> None:
     urls = [f"{host.base_url}/delay/0.05?i={i}" for i in range(30) for host in (server, other_server)]
     config = FetchConfig(per_host_concurrency=2, workers=8)
@@ -169,7 +169,7 @@ def test_per_host_concurrency_holds_across_processes(
     assert len({row.worker for row in rows}) == 2
 
 
-def test_rate_is_shared_out_and_chunks_sized_to_it(dask_client: Any, server: _RecordingServer) -> None:
+def test_rate_is_shared_out_and_chunks_sized_to_it(dask_client: Any, server: RecordingServer) -> None:
     urls = [f"{server.base_url}/n{i}" for i in range(60)]
     config = FetchConfig(rate=20, workers=8)
     began = time.monotonic()
@@ -177,12 +177,12 @@ def test_rate_is_shared_out_and_chunks_sized_to_it(dask_client: Any, server: _Re
     elapsed = time.monotonic() - began
     assert all(row.ok for row in rows)
     assert 2.5 <= elapsed <= 8.0
-    assert _most_in_one_second(server.starts()) <= 23
+    assert most_in_one_second(server.starts()) <= 23
     assert len({row.worker for row in rows}) == 2
 
 
 def test_a_host_paused_by_retry_after_stays_paused_for_its_next_chunk(
-    dask_client: Any, server: _RecordingServer
+    dask_client: Any, server: RecordingServer
 ) -> None:
     urls = [f"{server.base_url}/retry-after/2"] + [f"{server.base_url}/n{i}" for i in range(6)]
     config = FetchConfig(pause_hosts=True, per_host_concurrency=1, retries=0, workers=2)
@@ -430,16 +430,6 @@ class _SlowServer(http.server.ThreadingHTTPServer):
 @pytest.fixture
 def slow_server() -> Iterator[_SlowServer]:
     yield from serving(_SlowServer())
-
-
-@pytest.fixture
-def server() -> Iterator[_RecordingServer]:
-    yield from serving(_RecordingServer())
-
-
-@pytest.fixture
-def other_server() -> Iterator[_RecordingServer]:
-    yield from serving(_RecordingServer())
 
 
 def _run_killing_a_worker(client: Any, server: _SlowServer, config: FetchConfig, count: int) -> list[Result]:

@@ -6,17 +6,15 @@ arrived and left, and how many were in flight at once; the unit tests use an inj
 
 from __future__ import annotations
 
-import http.server
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from email.utils import formatdate
 
 import pytest
 from click.testing import CliRunner
 from conftest import serving
-from hostile import LOOPBACK
+from recording import RecordingServer, most_in_one_second
 
 from pooledfetch import FetchConfig, engine, fetch_all
 from pooledfetch.cli import cli
@@ -35,111 +33,20 @@ from pooledfetch.results import Result
 from pooledfetch.session import DeadlineExceeded
 from pooledfetch.sources import Target
 
-
-@dataclass
-class Arrival:
-    path: str
-    start: float
-    end: float = 0.0
-
-
-@dataclass
-class Recorder:
-    arrivals: list[Arrival] = field(default_factory=list)
-    in_flight: int = 0
-    peak: int = 0
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-
-class _Handler(http.server.BaseHTTPRequestHandler):
-    """`/delay/S` answers after S seconds; `/retry-after/S` is a 429 with `Retry-After: S`; else 200."""
-
-    protocol_version = "HTTP/1.1"
-    server: _RecordingServer
-
-    def log_message(self, format: str, *args: object) -> None:
-        pass
-
-    def do_GET(self) -> None:
-        record = self.server.record
-        arrival = Arrival(self.path, time.monotonic())
-        with record.lock:
-            record.arrivals.append(arrival)
-            record.in_flight += 1
-            record.peak = max(record.peak, record.in_flight)
-        try:
-            self._answer()
-        finally:
-            with record.lock:
-                record.in_flight -= 1
-                arrival.end = time.monotonic()
-
-    def _answer(self) -> None:
-        status, headers = 200, {}
-        path = self.path.partition("?")[0]
-        if path.startswith("/delay/"):
-            time.sleep(float(path.rsplit("/", 1)[1]))
-        elif path.startswith("/retry-after/"):
-            status, headers = 429, {"Retry-After": path.rsplit("/", 1)[1]}
-        body = b"ok\n"
-        self.send_response(status)
-        for name, value in headers.items():
-            self.send_header(name, value)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-
-class _RecordingServer(http.server.ThreadingHTTPServer):
-    daemon_threads = True
-
-    def __init__(self) -> None:
-        super().__init__((LOOPBACK, 0), _Handler)
-        self.record = Recorder()
-
-    @property
-    def base_url(self) -> str:
-        return f"http://{LOOPBACK}:{self.server_address[1]}"
-
-    def starts(self) -> list[float]:
-        with self.record.lock:
-            return sorted(arrival.start for arrival in self.record.arrivals)
-
-
-@pytest.fixture
-def server() -> Iterator[_RecordingServer]:
-    yield from serving(_RecordingServer())
-
-
-@pytest.fixture
-def other_server() -> Iterator[_RecordingServer]:
-    yield from serving(_RecordingServer())
-
-
-def _most_in_one_second(starts: list[float]) -> int:
-    """The largest number of arrivals within any window of one second."""
-    most, first = 0, 0
-    for last, start in enumerate(starts):
-        while start - starts[first] > 1.0:
-            first += 1
-        most = max(most, last - first + 1)
-    return most
-
-
 # --- end to end -------------------------------------------------------------------------------
 
 
-def test_rate_spreads_requests_evenly(server: _RecordingServer) -> None:
+def test_rate_spreads_requests_evenly(server: RecordingServer) -> None:
     urls = [f"{server.base_url}/n{i}" for i in range(60)]
     began = time.monotonic()
     results = list(fetch_all(urls, FetchConfig(rate=20, workers=8)))
     elapsed = time.monotonic() - began
     assert all(result.ok for result in results)
     assert 2.8 <= elapsed <= 4.0
-    assert _most_in_one_second(server.starts()) <= 22
+    assert most_in_one_second(server.starts()) <= 22
 
 
-def test_rate_option_on_the_command_line(server: _RecordingServer) -> None:
+def test_rate_option_on_the_command_line(server: RecordingServer) -> None:
     urls = "".join(f"{server.base_url}/n{i}\n" for i in range(20))
     began = time.monotonic()
     outcome = CliRunner().invoke(cli, ["-", "-q", "--rate", "20", "-w", "8"], input=urls)
@@ -147,10 +54,10 @@ def test_rate_option_on_the_command_line(server: _RecordingServer) -> None:
     assert outcome.exit_code == 0, outcome.output
     assert len(server.starts()) == 20
     assert 0.9 <= elapsed <= 2.0
-    assert _most_in_one_second(server.starts()) <= 22
+    assert most_in_one_second(server.starts()) <= 22
 
 
-def test_per_host_concurrency_holds_for_each_host(server: _RecordingServer, other_server: _RecordingServer) -> None:
+def test_per_host_concurrency_holds_for_each_host(server: RecordingServer, other_server: RecordingServer) -> None:
     urls = [f"{host.base_url}/delay/0.1?{i}" for i in range(12) for host in (server, other_server)]
     began = time.monotonic()
     results = list(fetch_all(urls, FetchConfig(per_host_concurrency=2, workers=16)))
@@ -162,7 +69,7 @@ def test_per_host_concurrency_holds_for_each_host(server: _RecordingServer, othe
     assert 0.55 <= elapsed < 1.2
 
 
-def test_per_host_rate_limits_each_host_independently(server: _RecordingServer, other_server: _RecordingServer) -> None:
+def test_per_host_rate_limits_each_host_independently(server: RecordingServer, other_server: RecordingServer) -> None:
     urls = [f"{host.base_url}/n{i}" for i in range(16) for host in (server, other_server)]
     began = time.monotonic()
     results = list(fetch_all(urls, FetchConfig(per_host_rate=10, workers=8)))
@@ -171,10 +78,10 @@ def test_per_host_rate_limits_each_host_independently(server: _RecordingServer, 
     # 16 requests at 10/s take 1.5 s per host; the two hosts run side by side.
     assert 1.4 <= elapsed <= 2.5
     for host in (server, other_server):
-        assert _most_in_one_second(host.starts()) <= 11
+        assert most_in_one_second(host.starts()) <= 11
 
 
-def test_waiting_for_a_limit_respects_max_time(server: _RecordingServer) -> None:
+def test_waiting_for_a_limit_respects_max_time(server: RecordingServer) -> None:
     urls = [f"{server.base_url}/n{i}" for i in range(4)]
     began = time.monotonic()
     results = list(fetch_all(urls, FetchConfig(per_host_rate=0.5, max_time=0.5, workers=4)))
@@ -185,7 +92,7 @@ def test_waiting_for_a_limit_respects_max_time(server: _RecordingServer) -> None
     assert len(server.starts()) == 1
 
 
-def test_retry_after_pauses_only_that_host(server: _RecordingServer, other_server: _RecordingServer) -> None:
+def test_retry_after_pauses_only_that_host(server: RecordingServer, other_server: RecordingServer) -> None:
     urls = [f"{server.base_url}/retry-after/2"]
     for i in range(12):
         urls += [f"{server.base_url}/n{i}", f"{other_server.base_url}/delay/0.1?{i}"]
@@ -203,7 +110,7 @@ def test_retry_after_pauses_only_that_host(server: _RecordingServer, other_serve
 
 
 def test_retry_after_pauses_the_host_while_urllib3_waits_to_retry(
-    server: _RecordingServer, other_server: _RecordingServer
+    server: RecordingServer, other_server: RecordingServer
 ) -> None:
     urls = [f"{server.base_url}/retry-after/1"]
     for i in range(16):
@@ -225,7 +132,7 @@ def test_retry_after_pauses_the_host_while_urllib3_waits_to_retry(
     assert len(served_meanwhile) >= 5, served_meanwhile
 
 
-def test_cancel_ends_waits_for_a_limit_at_once(server: _RecordingServer) -> None:
+def test_cancel_ends_waits_for_a_limit_at_once(server: RecordingServer) -> None:
     urls = [f"{server.base_url}/n{i}" for i in range(6)]
     cancel = threading.Event()
     began = time.monotonic()
@@ -320,8 +227,8 @@ def test_limits_are_validated(settings: dict[str, float]) -> None:
 
 
 @pytest.fixture
-def small_servers() -> Iterator[list[_RecordingServer]]:
-    running = [serving(_RecordingServer()) for _ in range(3)]
+def small_servers() -> Iterator[list[RecordingServer]]:
+    running = [serving(RecordingServer()) for _ in range(3)]
     try:
         yield [next(each) for each in running]
     finally:
@@ -341,7 +248,7 @@ def _small_hosts_done_after(results: list[Result], big: int) -> int:
 
 
 def test_small_hosts_are_not_stuck_behind_a_big_one(
-    server: _RecordingServer, small_servers: list[_RecordingServer]
+    server: RecordingServer, small_servers: list[RecordingServer]
 ) -> None:
     big = [f"{server.base_url}/delay/0.01?{i}" for i in range(400)]
     small = [f"{host.base_url}/delay/0.01?{i}" for host in small_servers for i in range(10)]
@@ -425,7 +332,7 @@ def test_window_drain_gives_back_everything_not_handed_out() -> None:
     assert window.exhausted and window.next_ready() is None
 
 
-def test_cancel_with_a_buffered_window_gives_one_row_per_line(server: _RecordingServer) -> None:
+def test_cancel_with_a_buffered_window_gives_one_row_per_line(server: RecordingServer) -> None:
     urls = [f"{server.base_url}/delay/0.2?{i}" for i in range(300)] + ["not a url"] * 3
     cancel = threading.Event()
     results = []
@@ -438,7 +345,7 @@ def test_cancel_with_a_buffered_window_gives_one_row_per_line(server: _Recording
     assert len(server.starts()) <= 2
 
 
-def test_no_per_host_limit_takes_the_old_path(server: _RecordingServer, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_no_per_host_limit_takes_the_old_path(server: RecordingServer, monkeypatch: pytest.MonkeyPatch) -> None:
     def no_window(*args: object, **kwargs: object) -> None:
         raise AssertionError("a HostWindow was created without a per-host limit")
 
@@ -455,7 +362,7 @@ def test_no_per_host_limit_takes_the_old_path(server: _RecordingServer, monkeypa
 # --- the summary reports the limits and the time spent waiting on them ------------------------------------------
 
 
-def test_summary_shows_limits_in_force_and_time_waited(server: _RecordingServer) -> None:
+def test_summary_shows_limits_in_force_and_time_waited(server: RecordingServer) -> None:
     from rich.console import Console
 
     from pooledfetch.engine import RunProgress, run
