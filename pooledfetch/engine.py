@@ -12,6 +12,7 @@ import time
 from collections import deque
 from collections.abc import Generator, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from queue import Empty, SimpleQueue
@@ -99,18 +100,20 @@ def run(
     cancel = cancel or threading.Event()
     progress = progress or RunProgress()
     abandon = threading.Event()
-    owned = transport is None
+    # What this run makes it also closes (the last made, the first closed); a caller's is left open.
+    owned = ExitStack()
     if transport is None:
         transport = Transport(config, progress.accounting)
+        owned.callback(transport.close)
     if limiter is None:
         limiter = Limiter.for_config(config, progress.accounting)
     keeper = KeepOrder(config.reorder_window) if config.keep_order else None
     # In input order, targets go out as they come: a host window would reorder them.
     window = _host_window(targets, config, limiter) if keeper is None else None
     flight = _InFlight(progress) if window is None else _FairInFlight(progress, window)
-    owned_executor = executor is None
     if executor is None:
         executor = ThreadPoolExecutor(config.workers, thread_name_prefix="pooledfetch")
+        owned.callback(executor.shutdown, wait=False, cancel_futures=True)
     for _ in range(config.workers):
         executor.submit(_work, transport, flight.inbox, flight.outbox, abandon, limiter)
     try:
@@ -123,10 +126,7 @@ def run(
         abandon.set()
         for _ in range(config.workers):
             flight.inbox.put(None)
-        if owned_executor:
-            executor.shutdown(wait=False, cancel_futures=True)
-        if owned:
-            transport.close()
+        owned.close()
 
 
 def _stages(
