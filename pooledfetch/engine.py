@@ -186,13 +186,18 @@ def _submit(
     limiter: Limiter | None,
     keeper: KeepOrder | None,
 ) -> Iterator[Result]:
-    """Hand targets to the workers while keeping at most `max_in_flight` of them unconsumed.
+    """Hand targets to the workers while keeping at most `max_in_flight` of them unconsumed
+    (`workers` with a host window).
 
     With a host window, only targets whose host has room are sent: when every buffered host is
     at its limit, results are collected (which frees room) rather than a target sent to wait
     in a worker. With a keeper (--keep-order), no target is taken while its window is full.
     Once cancelled, the targets not sent yet are left in `source`.
     """
+    # A host window decides per target whether its host may be sent to now (its limit, a pause):
+    # a target queued behind busy workers would be held to a decision made before a pause began,
+    # so with a window no more targets are handed out than there are workers to take them.
+    depth = config.workers if isinstance(source, HostWindow) else config.max_in_flight
     while not cancel.is_set():
         if keeper is not None and keeper.full:
             yield from flight.collect(_POLL_SECONDS)
@@ -206,7 +211,7 @@ def _submit(
             yield error_result(target, config, rc.INVALID_URL, target.invalid_reason or "invalid URL")
         else:
             flight.submit(target)
-            while len(flight.pending) >= config.max_in_flight and not cancel.is_set():
+            while len(flight.pending) >= depth and not cancel.is_set():
                 yield from flight.collect(_POLL_SECONDS)
     if limiter is not None:
         limiter.stop()  # URLs waiting for a limit are never sent once the run is cancelled
