@@ -197,7 +197,7 @@ def _submit(
     # A host window decides per target whether its host may be sent to now (its limit, a pause):
     # a target queued behind busy workers would be held to a decision made before a pause began,
     # so with a window no more targets are handed out than there are workers to take them.
-    depth = config.workers if isinstance(source, HostWindow) else config.max_in_flight
+    depth = config.max_in_flight if isinstance(source, _InputOrder) else config.workers
     while not cancel.is_set():
         if keeper is not None and keeper.full:
             yield from flight.collect(_POLL_SECONDS)
