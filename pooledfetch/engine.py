@@ -124,8 +124,7 @@ def run(
         if limiter is not None:
             limiter.stop()
         abandon.set()
-        for _ in range(config.workers):
-            flight.inbox.put(None)
+        flight.close(config.workers)
         owned.close()
 
 
@@ -140,6 +139,11 @@ def _stages(
     grace_seconds: float,
 ) -> Iterator[Result]:
     yield from _submit(source, flight, config, cancel, limiter, keeper)
+    if not cancel.is_set():
+        # Every target is handed out: a worker loop that finds the inbox empty now ends, and
+        # its thread of a shared executor is free for the next run's loops (a Dask worker
+        # overlaps the next chunk with this one's tail).
+        flight.close(config.workers)
     while flight.pending and not cancel.is_set():
         yield from flight.collect(_POLL_SECONDS)
     if flight.pending:
@@ -282,6 +286,14 @@ class _InFlight:
         self.outbox: SimpleQueue[tuple[int, Result]] = SimpleQueue()
         self._tokens = itertools.count()
         self._progress = progress
+        self._closed = False
+
+    def close(self, loops: int) -> None:
+        """Tell the worker loops to end once they find the inbox empty (nothing more comes)."""
+        if not self._closed:
+            self._closed = True
+            for _ in range(loops):
+                self.inbox.put(None)
 
     def submit(self, target: Target) -> None:
         token = next(self._tokens)
@@ -308,13 +320,18 @@ class _InFlight:
     def unstarted(self) -> list[Target]:
         """Take back the targets no worker has picked up yet."""
         taken = []
+        stops = 0
         while True:
             try:
                 job = self.inbox.get_nowait()
             except Empty:
                 break
-            if job is not None and self.pending.pop(job[0], None) is not None:
+            if job is None:
+                stops += 1
+            elif self.pending.pop(job[0], None) is not None:
                 taken.append(job[1])
+        for _ in range(stops):
+            self.inbox.put(None)  # the loops still need them to end
         self._progress.in_flight = len(self.pending)
         return taken
 

@@ -7,6 +7,7 @@ import logging
 import threading
 import time
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import quote
 
 import pytest
@@ -558,6 +559,26 @@ def test_cancel_abandons_a_request_stuck_on_the_wire_after_the_grace_period(
     assert (first.index, first.ok) == (1, True)
     assert (second.index, second.error, second.status) == (0, rc.INTERRUPTED, None)
     assert stuck.accepted == 1
+
+
+def test_worker_loops_end_and_free_a_shared_executor_when_cancelled_after_the_input_ran_out(
+    demo_server: DemoServer,
+) -> None:
+    """Two workers, three targets, all handed out (the third waiting in the inbox) when the run is
+    cancelled. The loops were told to end when the input ran out; taking the waiting target back
+    must not take that from them, or a shared executor (a Dask worker's, across chunks) never
+    gets its threads back."""
+    config = fast(workers=2, pool_maxsize=2, read_timeout=5.0)
+    lines = [f"{demo_server.base_url}/delay/1?n={i}" for i in range(3)]
+    cancel = threading.Event()
+    threading.Timer(0.3, cancel.set).start()
+    executor = ThreadPoolExecutor(config.workers)
+    try:
+        results = list(run(iter_targets(lines, config), config, cancel=cancel, executor=executor, grace_seconds=5))
+        assert [r.error for r in sorted(results, key=lambda r: r.index)] == ["", "", rc.CANCELLED]
+        assert executor.submit(lambda: "free").result(timeout=5) == "free"
+    finally:
+        executor.shutdown(wait=False, cancel_futures=True)
 
 
 def test_cancel_before_start_sends_nothing(demo_server: DemoServer) -> None:
