@@ -315,6 +315,10 @@ def _cluster_client(stack: ExitStack, options: dict[str, Any], config: FetchConf
     processes, scheduler = options["processes"], options["dask_scheduler"]
     if processes is None and scheduler is None:
         return None
+    if processes is not None:
+        from pooledfetch import localworkers
+
+        localworkers.start_server()  # its imports run while this process imports Dask
     from pooledfetch import cluster
 
     client = stack.enter_context(cluster.connect(processes, scheduler, config.connect_timeout))

@@ -8,8 +8,9 @@ process in flight, so its memory stays flat however long the input. A chunk's ro
 yielded only when the whole chunk comes back: Dask re-runs the chunks of a worker that dies,
 and a chunk yielded once can never be yielded again.
 
-Each worker process keeps one Transport per config across chunks (the pools are the point)
-and runs one chunk at a time on it, with exactly the engine a single process runs.
+Each worker process keeps one Transport and one set of fetch threads per config across chunks
+(the pools are the point) and runs each chunk on them with exactly the engine a single process
+runs; a chunk's tail overlaps the next chunk's start (see run_chunk).
 
 Imported only when a cluster is asked for: importing distributed takes about a second.
 """
@@ -19,16 +20,16 @@ from __future__ import annotations
 import importlib.util
 import itertools
 import logging
-import signal
 import threading
 import time
 import uuid
 from collections import OrderedDict, deque
-from collections.abc import Generator, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from concurrent.futures import CancelledError, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 
+from pooledfetch import localworkers
 from pooledfetch import results as rc
 from pooledfetch.config import FetchConfig
 from pooledfetch.engine import DEFAULT_GRACE_SECONDS, KeepOrder, RunProgress, error_result, run
@@ -91,7 +92,12 @@ def connect(processes: int | None, scheduler: str | None, connect_timeout: float
     try:
         # Dask keeps each comm's last messages for debugging, 1,000 batches by default: with a
         # chunk of targets (or its rows) in each, that is a quarter of a million rows per comm.
-        with dask.config.set({"distributed.admin.low-level-log-length": _MESSAGE_LOG_LENGTH}):
+        # Read again when a worker restarts, so it is set for the whole run.
+        settings = {
+            "distributed.admin.low-level-log-length": _MESSAGE_LOG_LENGTH,
+            "distributed.worker.multiprocessing-method": localworkers.start_method(),
+        }
+        with dask.config.set(settings):
             with _connected(processes, scheduler, connect_timeout) as client:
                 yield client
     finally:
@@ -111,37 +117,20 @@ def _connected(processes: int | None, scheduler: str | None, connect_timeout: fl
         with client:
             yield client
         return
-    # Without bokeh Dask would warn that it cannot serve its dashboard; ":0" is a free port,
-    # so two runs never clash on 8787.
-    dashboard = ":0" if importlib.util.find_spec("bokeh") is not None else None
-    with _sigint_ignored():
+    localworkers.start_server()  # unless the CLI started it already
+    with localworkers.sigint_ignored():
         cluster = distributed.LocalCluster(
             n_workers=processes,
             threads_per_worker=1,
             processes=True,
             host="127.0.0.1",
-            dashboard_address=dashboard,
+            # A free port, so two runs never clash on 8787. The scheduler serves HTTP (its health
+            # checks) even when told None, on 8787, with a warning on stderr if it is taken.
+            dashboard_address=":0",
             silence_logs=logging.CRITICAL,
         )
     with cluster, distributed.Client(cluster, set_as_default=False) as client:
         yield client
-
-
-@contextmanager
-def _sigint_ignored() -> Iterator[None]:
-    """Start worker processes that ignore SIGINT, as a child inherits an ignored signal.
-
-    Ctrl-C on a terminal signals the whole process group: the workers must not die of it, but
-    wind their chunks down when the client tells them, as a single process does.
-    """
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
 
 
 def dashboard_link(client: distributed.Client) -> str | None:
@@ -242,15 +231,17 @@ class _Dispatch:
         self._max_in_flight = CHUNKS_PER_WORKER * processes
         # --keep-order: rows are released in input order, and no chunk goes out while the
         # window is full (unless none is out, which could never free it); chunks shrink so
-        # that the window still spans a chunk for every slot.
+        # that the window still spans a chunk for every slot and the chunk per process read ahead.
         self.keeper = KeepOrder(config.reorder_window) if config.keep_order else None
         if self.keeper is not None:
             targets = self.keeper.taken(targets)
-            size = min(size, max(1, config.reorder_window // self._max_in_flight))
+            size = min(size, max(1, config.reorder_window // (self._max_in_flight + processes)))
         self._invalid: deque[Target] = deque()
         valid = self._valid_only(targets)
         by_host = config.per_host_concurrency is not None or config.per_host_rate is not None or config.pause_hosts
-        self._chunks: _HostChunks | _InputChunks = _HostChunks(valid, size) if by_host else _InputChunks(valid, size)
+        self._chunks: _HostChunks | _InputChunks = (
+            _HostChunks(valid, size) if by_host else _InputChunks(valid, size, processes, config.workers)
+        )
         self._in_flight: dict[distributed.Future[ChunkDone], _Sent] = {}
         self._holds: dict[str, float] = {}
         self._run_id = uuid.uuid4().hex
@@ -457,31 +448,46 @@ def _message(exc: BaseException) -> str:
 
 
 class _InputChunks:
-    """The input cut in order into chunks of `size`."""
+    """The input cut in order into chunks of `size`, smaller towards its end.
 
-    def __init__(self, targets: Iterable[Target], size: int) -> None:
+    The last chunks decide when a run ends: a process handed a whole chunk while the others run
+    out of work finishes it alone. So the input is read a chunk per process ahead, and once its
+    end is in sight each chunk takes a share of what is left (guided self-scheduling), down to
+    `smallest`: the processes run out of work at about the same time.
+    """
+
+    def __init__(self, targets: Iterable[Target], size: int, processes: int, smallest: int) -> None:
         self._source = iter(targets)
         self._size = size
-        self._next: list[Target] = []
+        self._shares = 2 * processes
+        self._smallest = min(size, smallest)
+        self._lookahead = size * processes
+        self._ahead: deque[Target] = deque()
+        self._ended = False
 
     @property
     def exhausted(self) -> bool:
-        if not self._next:
-            self._next = list(itertools.islice(self._source, self._size))
-        return not self._next
+        if not self._ended and len(self._ahead) < self._lookahead:
+            wanted = self._lookahead - len(self._ahead)
+            read = list(itertools.islice(self._source, wanted))
+            self._ahead.extend(read)
+            self._ended = len(read) < wanted
+        return not self._ahead
 
     def next_chunk(self) -> tuple[str | None, list[Target]] | None:
         if self.exhausted:
             return None
-        chunk, self._next = self._next, []
-        return None, chunk
+        size = self._size
+        if self._ended:
+            size = min(size, max(self._smallest, -(-len(self._ahead) // self._shares)))
+        return None, [self._ahead.popleft() for _ in range(min(size, len(self._ahead)))]
 
     def finished(self, host: str | None) -> None:
         pass
 
     def drain(self) -> Iterator[Target]:
-        chunk, self._next = self._next, []
-        yield from chunk
+        while self._ahead:
+            yield self._ahead.popleft()
         yield from self._source
 
 
@@ -559,13 +565,16 @@ def _cancel_event_name(run_id: str) -> str:
 @dataclass
 class _ProcessEngine:
     """A worker process's Transport for one config, and what carries over between its chunks:
-    the rate's next slot, and the fetch threads (starting `--workers` threads per chunk would
-    cost a few ms a chunk, ~5% of a fast chunk's work)."""
+    the fetch threads (starting `--workers` threads per chunk would cost a few ms a chunk, ~5%
+    of a fast chunk's work), the rate's next slot, and the pool figures reported so far."""
 
     transport: Transport
     executor: ThreadPoolExecutor
+    # Held by the chunk handing out targets: the next chunk starts once this one's are all out.
+    turn: threading.Lock = field(default_factory=threading.Lock)
     lock: threading.Lock = field(default_factory=threading.Lock)
     overall_next: float | None = None
+    reported: PoolFigures = field(default_factory=PoolFigures)
 
     def close(self) -> None:
         self.transport.close()
@@ -586,7 +595,7 @@ def _engine_for(config: FetchConfig) -> _ProcessEngine:
         engine = _ENGINES[config] = _ProcessEngine(Transport(config, PoolAccounting()), executor)
         evicted = _ENGINES.popitem(last=False)[1] if len(_ENGINES) > _MAX_ENGINES else None
     if evicted is not None:
-        with evicted.lock:
+        with evicted.turn:  # not while one of its chunks is handing out targets
             evicted.close()
     return engine
 
@@ -610,21 +619,26 @@ class TransportPlugin(distributed.WorkerPlugin):
 
 
 def run_chunk(chunk: Chunk, config: FetchConfig) -> ChunkDone:
-    """Run on a Dask worker: fetch the chunk with engine.run on this process's kept Transport."""
+    """Run on a Dask worker: fetch the chunk with engine.run on this process's kept Transport.
+
+    Chunks take turns handing out targets to the process's fetch threads. Without limits, a
+    chunk whose targets are all out leaves the worker's task slot (Dask's secede) and passes
+    the turn on, so the next chunk fills the threads its tail frees: no thread idles between
+    chunks. With limits, the turn is held to the end, so the process's share of --rate and
+    its host holds pass from one chunk to the next exactly.
+    """
     worker = distributed.get_worker()
     name = worker.name if isinstance(worker.name, str) else worker.address
     cancelled = distributed.Event(_cancel_event_name(chunk.run_id))
     engine = _engine_for(config)
-    # One chunk at a time per process: its pool figures are exactly the chunk's, and a
-    # process's share of --rate holds even on a worker given more than one thread.
-    with engine.lock:
+    turn = _Turn(engine.turn)
+    with turn:
         if cancelled.is_set():
             return _unsent(chunk.targets, config, rc.CANCELLED, "run interrupted before this URL was sent")
         if config.method not in RESENDABLE_METHODS and not _claim_marker(worker):
             detail = f"the Dask worker running this chunk was lost; a {config.method} is never sent twice"
             return _unsent(chunk.targets, config, rc.WORKER_LOST, detail)
         accounting = engine.transport.accounting
-        before = accounting.figures()
         limiter = Limiter.for_config(config, accounting)
         if limiter is not None:
             _apply_holds(limiter, chunk.holds, engine.overall_next)
@@ -632,13 +646,12 @@ def run_chunk(chunk: Chunk, config: FetchConfig) -> ChunkDone:
         watcher = threading.Thread(target=_watch, args=(cancelled, stop), name="pooledfetch-cancel", daemon=True)
         watcher.start()
         try:
-            progress = RunProgress(accounting=accounting)
             rows = list(
                 run(
-                    chunk.targets,
+                    chunk.targets if limiter is not None else _then(chunk.targets, turn.pass_on),
                     config,
                     cancel=stop,
-                    progress=progress,
+                    progress=RunProgress(accounting=accounting),
                     transport=engine.transport,
                     limiter=limiter,
                     executor=engine.executor,
@@ -651,8 +664,41 @@ def run_chunk(chunk: Chunk, config: FetchConfig) -> ChunkDone:
             offset = time.time() - time.monotonic()
             holds = {host: until + offset for host, until in limiter.holds().items()}
             engine.overall_next = limiter.overall_next()
-        figures = replace(accounting.figures() - before, urls=len(rows))
+    # Chunks overlap, so each reports what the process's pools did since the last report:
+    # per worker, the reports add up to the process's figures exactly.
+    with engine.lock:
+        now = accounting.figures()
+        figures = replace(now - engine.reported, urls=len(rows))
+        engine.reported = now
     return ChunkDone([replace(row, worker=name) for row in rows], name, figures, holds)
+
+
+class _Turn:
+    """A chunk's turn at handing out targets: held from the start, passed on early or at the end."""
+
+    def __init__(self, lock: threading.Lock) -> None:
+        self._lock = lock
+        self._held = False
+
+    def __enter__(self) -> _Turn:
+        self._lock.acquire()
+        self._held = True
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._held:
+            self._held = False
+            self._lock.release()
+
+    def pass_on(self) -> None:
+        """This chunk's targets are all out: let the next chunk start, on a task slot of its own."""
+        self.__exit__()
+        distributed.secede()
+
+
+def _then(targets: list[Target], handed_out: Callable[[], None]) -> Iterator[Target]:
+    yield from targets
+    handed_out()
 
 
 def _apply_holds(limiter: Limiter, holds: dict[str, float], overall_next: float | None) -> None:

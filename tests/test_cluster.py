@@ -221,6 +221,29 @@ def test_host_chunks_keep_one_chunk_per_host_in_flight() -> None:
     assert chunks.exhausted
 
 
+def test_input_chunks_shrink_towards_the_end_and_read_a_chunk_per_process_ahead() -> None:
+    """So that the processes run out of work together, not one finishing a whole chunk alone."""
+    read = 0
+
+    def counted(targets: list[Target]) -> Iterator[Target]:
+        nonlocal read
+        for target in targets:
+            read += 1
+            yield target
+
+    targets = _targets("a" * 1000)
+    chunks = cluster._InputChunks(counted(targets), size=100, processes=2, smallest=10)
+    taken = []
+    while (chunk := chunks.next_chunk()) is not None:
+        taken.append(chunk[1])
+        assert read <= 100 * len(taken) + 200
+    assert [t.index for chunk in taken for t in chunk] == list(range(1000))  # in order, each once
+    sizes = [len(chunk) for chunk in taken]
+    assert sizes[:7] == [100] * 7
+    assert sizes == sorted(sizes, reverse=True)
+    assert max(sizes[-6:]) <= 20 and sizes[-2] == 10
+
+
 def test_chunk_size_is_about_a_second_of_work_under_a_rate() -> None:
     assert cluster.chunk_size_for(FetchConfig()) == cluster.DEFAULT_CHUNK
     assert cluster.chunk_size_for(FetchConfig(rate=10)) == 10
@@ -277,6 +300,27 @@ def test_processes_on_the_command_line_feed_every_sink(tmp_path: Path, demo_serv
     assert len({row["worker"] for row in new if row["worker"]}) == 2
     workers = json.loads(summary.read_text(encoding="utf-8"))["workers"]
     assert sum(figures["urls"] for figures in workers.values()) == len(lines) - 40 - 2  # not the invalid lines
+
+
+def test_a_cluster_run_says_nothing_when_port_8787_is_taken(tmp_path: Path, demo_server: DemoServer) -> None:
+    """Another run (or anything) on Dask's default HTTP port: the scheduler must not warn on stderr."""
+    urls = tmp_path / "urls.txt"
+    urls.write_text(f"{demo_server.base_url}/status/200\n", encoding="utf-8")
+    with socket.socket() as taken:
+        try:
+            taken.bind((LOOPBACK, 8787))
+            taken.listen()
+        except OSError:
+            pass  # taken already
+        outcome = subprocess.run(
+            [cli_command(), str(urls), "--processes", "2", "-q", "-o", str(tmp_path / "out.jsonl")],
+            env=offline_env(tmp_path),
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    assert outcome.returncode == ExitCode.OK, outcome.stderr
+    assert outcome.stderr == ""
 
 
 def test_no_dask_is_imported_without_a_cluster_option(tmp_path: Path, demo_server: DemoServer) -> None:
