@@ -54,6 +54,7 @@ def run_sampled(command: list[str]) -> Sampled:
     start = time.perf_counter()
     process = psutil.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     cpu: dict[int, float] = {}
+    servers: set[int] = set()
     peak_rss = 0
     while process.poll() is None:
         try:
@@ -63,6 +64,8 @@ def run_sampled(command: list[str]) -> Sampled:
             for child in process.children(recursive=True):
                 child_times = child.cpu_times()
                 cpu[child.pid] = child_times.user + child_times.system
+                if child.children():
+                    servers.add(child.pid)  # the forkserver the workers are forked from
         except psutil.Error:
             pass  # a process ended between two looks
         time.sleep(_SAMPLE_SECONDS)
@@ -71,8 +74,9 @@ def run_sampled(command: list[str]) -> Sampled:
         detail = process.stderr.read().decode()[-2000:] if process.stderr is not None else ""
         raise SystemExit(f"{command} failed ({process.returncode}): {detail}")
     client = cpu.pop(process.pid, 0.0)
-    # Nannies only watch their worker: the busy processes under the client are the workers.
-    workers = {pid: seconds for pid, seconds in cpu.items() if seconds > 0.5}
+    # Nannies only watch their worker and the forkserver only forks: the busy processes
+    # under the client are the workers.
+    workers = {pid: seconds for pid, seconds in cpu.items() if seconds > 0.5 and pid not in servers}
     return Sampled(wall, client, peak_rss / 2**20, workers)
 
 
