@@ -572,7 +572,7 @@ class _ProcessEngine:
     executor: ThreadPoolExecutor
     # Held by the chunk handing out targets: the next chunk starts once this one's are all out.
     turn: threading.Lock = field(default_factory=threading.Lock)
-    lock: threading.Lock = field(default_factory=threading.Lock)
+    reporting: threading.Lock = field(default_factory=threading.Lock)
     overall_next: float | None = None
     reported: PoolFigures = field(default_factory=PoolFigures)
 
@@ -666,7 +666,7 @@ def run_chunk(chunk: Chunk, config: FetchConfig) -> ChunkDone:
             engine.overall_next = limiter.overall_next()
     # Chunks overlap, so each reports what the process's pools did since the last report:
     # per worker, the reports add up to the process's figures exactly.
-    with engine.lock:
+    with engine.reporting:
         now = accounting.figures()
         figures = replace(now - engine.reported, urls=len(rows))
         engine.reported = now

@@ -15,6 +15,7 @@ from __future__ import annotations
 import multiprocessing
 import multiprocessing.forkserver
 import signal
+import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -26,7 +27,11 @@ _PRELOAD = ["distributed", "pooledfetch.engine"]
 
 def start_method() -> str:
     """The multiprocessing start method for local worker processes (Dask's config key)."""
-    return "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
+    # Where Python 3.14 makes it the default: not on macOS, whose system frameworks are not
+    # safe in a forked child, nor where the OS has no fork.
+    if sys.platform != "darwin" and "forkserver" in multiprocessing.get_all_start_methods():
+        return "forkserver"
+    return "spawn"
 
 
 def start_server() -> None:
