@@ -571,7 +571,15 @@ def test_worker_loops_end_and_free_a_shared_executor_when_cancelled_after_the_in
     config = fast(workers=2, pool_maxsize=2, read_timeout=5.0)
     lines = [f"{demo_server.base_url}/delay/1?n={i}" for i in range(3)]
     cancel = threading.Event()
-    threading.Timer(0.3, cancel.set).start()
+    before = demo_server.requests
+
+    def cancel_once_two_are_on_the_wire() -> None:
+        deadline = time.monotonic() + 10
+        while demo_server.requests - before < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        cancel.set()
+
+    threading.Thread(target=cancel_once_two_are_on_the_wire, daemon=True).start()
     executor = ThreadPoolExecutor(config.workers)
     try:
         results = list(run(iter_targets(lines, config), config, cancel=cancel, executor=executor, grace_seconds=5))
