@@ -118,6 +118,11 @@ def _connected(processes: int | None, scheduler: str | None, connect_timeout: fl
             yield client
         return
     localworkers.start_server()  # unless the CLI started it already
+    # Dask fills in a forkserver's preload list the first time it starts a worker, importing
+    # numpy, pandas and lz4 into this process where they are installed (~0.5 s). The server is
+    # running with its own list already, so that list would change nothing.
+    if hasattr(distributed.utils, "_forkserver_preload_set"):
+        distributed.utils._forkserver_preload_set = True
     with localworkers.sigint_ignored():
         cluster = distributed.LocalCluster(
             n_workers=processes,

@@ -179,7 +179,7 @@ def _results_lines(rows: tuple[Result, ...], width: int) -> list[Text]:
 
 
 def _line(cells: list[Text], columns: list[str], widths: dict[str, int], url: Text) -> Text:
-    line = Text(no_wrap=True, overflow="ellipsis", end="\n")
+    line = Text(no_wrap=True, overflow="ellipsis")
     for cell, name in zip(cells, columns, strict=True):
         padded = cell.copy()
         room = widths[name] - cell.cell_len
