@@ -493,6 +493,30 @@ def _run_killing_a_worker(client: Any, server: _SlowServer, config: FetchConfig,
     return rows
 
 
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads the signal mask from /proc")
+def test_a_worker_restarted_after_a_death_still_ignores_ctrl_c(dask_client: Any) -> None:
+    """Ctrl-C on a terminal signals the whole process group, so a worker the nanny starts again
+    mid-run must ignore SIGINT as the first ones do (and wind down when the client says)."""
+    before = set(dask_client.run(os.getpid).values())
+    os.kill(next(iter(before)), signal.SIGKILL)
+
+    def workers_again() -> set[int]:
+        try:
+            pids = set(dask_client.run(os.getpid).values())
+        except Exception:  # noqa: BLE001 - a worker is gone or not back yet
+            return set()
+        return pids if len(pids) == 2 and pids != before else set()
+
+    wait_until(lambda: bool(workers_again()), START_SECONDS, "the worker started again")
+    assert all(_ignores_sigint(pid) for pid in workers_again())
+
+
+def _ignores_sigint(pid: int) -> bool:
+    status = Path(f"/proc/{pid}/status").read_text(encoding="utf-8")
+    ignored = next(line.split()[1] for line in status.splitlines() if line.startswith("SigIgn:"))
+    return bool(int(ignored, 16) & (1 << (signal.SIGINT - 1)))
+
+
 def test_a_worker_killed_mid_run_loses_no_row_and_repeats_none(dask_client: Any, slow_server: _SlowServer) -> None:
     rows = _run_killing_a_worker(dask_client, slow_server, FetchConfig(workers=3, retries=0), 48)
     assert sorted(row.index for row in rows) == list(range(48))
