@@ -19,12 +19,8 @@ Client RSS: the peak RSS of the client process alone (sampled) over a long input
 from __future__ import annotations
 
 import argparse
-import os
-import platform
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,7 +30,7 @@ import psutil
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import nginx  # noqa: E402
-from run import compile_package, start_delay_forwarder  # noqa: E402
+from run import environment, heading  # noqa: E402
 
 _SAMPLE_SECONDS = 0.1
 
@@ -164,13 +160,8 @@ def main() -> None:
     parser.add_argument("--chunk-size", type=int, help="--chunk-size for the cluster runs (default: pooledfetch's)")
     args = parser.parse_args()
 
-    compile_package()
-    server = nginx.start()
-    forwarder, delay_port = start_delay_forwarder(server)
-    work = Path(tempfile.mkdtemp(prefix="pooledfetch-bench-cluster-"))
-    try:
-        print(f"# pooledfetch cluster bench — {time.strftime('%Y-%m-%d')}, {platform.node()}, {os.cpu_count()} CPUs, "
-              f"Python {platform.python_version()}")  # fmt: skip
+    with environment("pooledfetch-bench-cluster-") as (server, delay_port, work):
+        print(heading("pooledfetch cluster bench"))
         print(f"\ncluster start-up (--processes {args.processes}): {startup(server, work, args.processes, 2):.2f} s")
         if not args.no_cpu:
             print(compare("cpu", [server.http_url("/small")] * args.urls, server, work, args), flush=True)
@@ -179,10 +170,6 @@ def main() -> None:
             print(compare("latency", hosts, server, work, args), flush=True)
         if args.rss_lines:
             print(client_rss(server, work, args), flush=True)
-    finally:
-        forwarder.terminate()
-        server.stop()
-        shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -21,6 +21,8 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -219,6 +221,29 @@ def compile_package() -> None:
     compileall.compile_dir(os.path.dirname(pooledfetch.__file__), quiet=1)
 
 
+@contextmanager
+def environment(prefix: str) -> Iterator[tuple[nginx.Nginx, int, Path]]:
+    """The package byte-compiled, a local nginx, the delay forwarder in front of its HTTPS port,
+    and a work directory: (server, the forwarder's port, the directory), all gone at the end."""
+    compile_package()
+    server = nginx.start()
+    forwarder, delay_port = start_delay_forwarder(server)
+    work = Path(tempfile.mkdtemp(prefix=prefix))
+    try:
+        yield server, delay_port, work
+    finally:
+        forwarder.terminate()
+        server.stop()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def heading(title: str) -> str:
+    return (
+        f"# {title} — {time.strftime('%Y-%m-%d')}, {platform.node()}, {os.cpu_count()} CPUs, "
+        f"Python {platform.python_version()}"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=3)
@@ -230,13 +255,8 @@ def main() -> None:
     parser.add_argument("--memory", action="store_true", help="also: peak RSS at 100,000 and 1,000,000 URLs")
     args = parser.parse_args()
 
-    compile_package()
-    server = nginx.start()
-    forwarder, delay_port = start_delay_forwarder(server)
-    work = Path(tempfile.mkdtemp(prefix="pooledfetch-bench-work-"))
-    try:
-        print(f"# pooledfetch bench — {time.strftime('%Y-%m-%d')}, {platform.node()}, {os.cpu_count()} CPUs, "
-              f"Python {platform.python_version()}, {args.workers} workers")  # fmt: skip
+    with environment("pooledfetch-bench-work-") as (server, delay_port, work):
+        print(f"{heading('pooledfetch bench')}, {args.workers} workers")
         print(startup_time(5))
         for scenario, urls in scenarios(server, args.urls, delay_port).items():
             if args.scenario and scenario not in args.scenario:
@@ -255,10 +275,6 @@ def main() -> None:
             print(report(scenario, results, args.workers), flush=True)
         if args.memory:
             print(memory_report(server, work, args.workers), flush=True)
-    finally:
-        forwarder.terminate()
-        server.stop()
-        shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":
