@@ -25,12 +25,12 @@ import threading
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, replace
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 from pooledfetch.errors import InputError
 from pooledfetch.results import CANCELLED, INTERRUPTED, Result
 from pooledfetch.resume import url_key
+from pooledfetch.sink import Closing
 from pooledfetch.sources import Target
 from pooledfetch.stats import human_bytes
 
@@ -90,7 +90,7 @@ class PreviousRow:
         return tuple((name, value) for name, value in pairs if value and not _BAD_HEADER_VALUE.search(value))
 
 
-class Baseline:
+class Baseline(Closing):
     """A previous JSONL export, indexed by URL in a temporary sqlite3 database (removed on close)."""
 
     def __init__(self, path: str) -> None:
@@ -179,14 +179,6 @@ class Baseline:
                 db.close()  # a no-op the second time
             if self._directory:
                 shutil.rmtree(self._directory, ignore_errors=True)
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
 
 
 def _parse(line: bytes) -> tuple[tuple[Any, ...], bool] | None:

@@ -9,12 +9,11 @@ from typing import Self
 from pooledfetch.results import Result
 
 
-class Sink:
-    def write(self, result: Result) -> None:
-        raise NotImplementedError
+class Closing:
+    """Something that holds a resource until `close`, closed on every exit path as a context manager."""
 
     def close(self) -> None:
-        """Release what the sink holds; safe to call more than once."""
+        """Release what it holds; safe to call more than once."""
 
     def __enter__(self) -> Self:
         return self
@@ -23,6 +22,11 @@ class Sink:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.close()
+
+
+class Sink(Closing):
+    def write(self, result: Result) -> None:
+        raise NotImplementedError
 
 
 class NullView(Sink):
