@@ -691,14 +691,17 @@ class _Turn:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
-        if self._held:
-            self._held = False
-            self._lock.release()
+        self._release()
 
     def pass_on(self) -> None:
         """This chunk's targets are all out: let the next chunk start, on a task slot of its own."""
-        self.__exit__()
+        self._release()
         distributed.secede()
+
+    def _release(self) -> None:
+        if self._held:
+            self._held = False
+            self._lock.release()
 
 
 def _then(targets: list[Target], handed_out: Callable[[], None]) -> Iterator[Target]:
