@@ -235,6 +235,10 @@ class _Outputs:
     view: LiveView | NullView
     live: bool
 
+    def flush(self) -> None:
+        for sink in self.sinks:
+            sink.flush()
+
 
 def _open_outputs(
     stack: ExitStack,
@@ -375,7 +379,7 @@ def _consume(
     if count is not None:
         outputs.view.set_total(count)
     if cluster_client is None:
-        results = run(targets, config, cancel=cancel, progress=progress)
+        results = run(targets, config, cancel=cancel, progress=progress, idle=outputs.flush)
     else:
         from pooledfetch.cluster import run_on_cluster
 
@@ -386,6 +390,7 @@ def _consume(
             cancel=cancel,
             progress=progress,
             chunk_size=cluster_client.chunk_size,
+            idle=outputs.flush,
         )
     annotated = results if changes is None else changes.track(results)
     try:

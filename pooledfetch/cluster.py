@@ -170,13 +170,15 @@ def run_on_cluster(
     cancel: threading.Event | None = None,
     progress: RunProgress | None = None,
     chunk_size: int | None = None,
+    idle: Callable[[], None] | None = None,
 ) -> Generator[Result, None, None]:
-    """engine.run's contract on a Dask cluster: one Result per target, in completion order.
+    """engine.run's contract on a Dask cluster: one Result per target, in completion order
+    (`idle` as engine.run's).
 
     Raises ClusterError after the last row when the scheduler was lost during the run (the rows
     it took with it are `worker_lost`).
     """
-    dispatch = _Dispatch(targets, config, client, progress or RunProgress(), chunk_size)
+    dispatch = _Dispatch(targets, config, client, progress or RunProgress(), chunk_size, idle)
     results = dispatch.run(cancel or threading.Event())
     return results if dispatch.keeper is None else _sorted(dispatch.keeper, results)
 
@@ -225,9 +227,11 @@ class _Dispatch:
         client: distributed.Client,
         progress: RunProgress,
         chunk_size: int | None,
+        idle: Callable[[], None] | None,
     ) -> None:
         self._client = client
         self._progress = progress
+        self._idle = idle
         self._config = config
         processes = max(1, len(client.nthreads()))  # the workers (scheduler_info() may list only a few)
         # --rate is shared out: each process runs one chunk at a time at its share.
@@ -321,6 +325,8 @@ class _Dispatch:
         deadline = time.monotonic() + timeout
         while not (done := [future for future in self._in_flight if future.done()]):
             if time.monotonic() >= deadline:
+                if self._idle is not None:
+                    self._idle()
                 return
             time.sleep(_DONE_POLL_SECONDS)
         for future in done:

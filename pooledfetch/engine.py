@@ -10,7 +10,7 @@ import itertools
 import threading
 import time
 from collections import deque
-from collections.abc import Generator, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass, field, replace
@@ -90,8 +90,12 @@ def run(
     transport: Transport | None = None,
     limiter: Limiter | None = None,
     executor: ThreadPoolExecutor | None = None,
+    idle: Callable[[], None] | None = None,
 ) -> Generator[Result, None, None]:
     """Fetch `targets`, yielding one Result per target as each completes.
+
+    `idle` is called on the consuming thread when no result has come for a poll interval
+    (the CLI flushes its sinks then).
 
     A `transport` given by the caller (a Dask worker's, kept across chunks) is used and left
     open; so is its `limiter`, made for this run with the same config and accounting, and its
@@ -110,7 +114,7 @@ def run(
     keeper = KeepOrder(config.reorder_window) if config.keep_order else None
     # In input order, targets go out as they come: a host window would reorder them.
     window = _host_window(targets, config, limiter) if keeper is None else None
-    flight = _InFlight(progress) if window is None else _FairInFlight(progress, window)
+    flight = _InFlight(progress, idle) if window is None else _FairInFlight(progress, idle, window)
     if executor is None:
         executor = ThreadPoolExecutor(config.workers, thread_name_prefix="pooledfetch")
         owned.callback(executor.shutdown, wait=False, cancel_futures=True)
@@ -280,12 +284,13 @@ class _InFlight:
     with every worker, so its per-URL cost is the pipeline's ceiling.
     """
 
-    def __init__(self, progress: RunProgress) -> None:
+    def __init__(self, progress: RunProgress, idle: Callable[[], None] | None) -> None:
         self.pending: dict[int, Target] = {}
         self.inbox: SimpleQueue[_Job | None] = SimpleQueue()
         self.outbox: SimpleQueue[tuple[int, Result]] = SimpleQueue()
         self._tokens = itertools.count()
         self._progress = progress
+        self._idle = idle
         self._closed = False
 
     def close(self, loops: int) -> None:
@@ -306,6 +311,8 @@ class _InFlight:
         try:
             token, result = self.outbox.get(timeout=timeout)
         except Empty:
+            if self._idle is not None:
+                self._idle()
             return
         while True:
             # A result for a target already given a row (abandoned after the grace period) is dropped.
@@ -345,8 +352,8 @@ class _InFlight:
 class _FairInFlight(_InFlight):
     """_InFlight that keeps a HostWindow's per-host in-flight counts."""
 
-    def __init__(self, progress: RunProgress, window: HostWindow) -> None:
-        super().__init__(progress)
+    def __init__(self, progress: RunProgress, idle: Callable[[], None] | None, window: HostWindow) -> None:
+        super().__init__(progress, idle)
         self._window = window
 
     def submit(self, target: Target) -> None:

@@ -1,4 +1,4 @@
-"""CSV / JSON / JSONL exporters: streaming, flushed per row, valid files however the run ends."""
+"""CSV / JSON / JSONL exporters: streaming, rows flushed within FLUSH_SECONDS, valid files however the run ends."""
 
 from __future__ import annotations
 
@@ -6,12 +6,12 @@ import csv
 import json
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import IO, Any
 
 from pooledfetch.errors import ExportError
 from pooledfetch.results import FIELDS, Result
-from pooledfetch.sink import Sink
+from pooledfetch.sink import FlushPace, Sink
 
 FORMATS = ("csv", "json", "jsonl")
 STDOUT = "-"
@@ -76,6 +76,7 @@ class _FileExporter(Sink):
         self._input_names = input_names
         self._closed = False
         self._failed = False
+        self._pace = FlushPace()
         try:
             self._guarded(self.begin)
         except ExportError:
@@ -92,7 +93,11 @@ class _FileExporter(Sink):
         raise NotImplementedError
 
     def write(self, result: Result) -> None:
-        self._guarded(lambda: self.write_row(result))
+        self._guarded(lambda: self.write_row(result), flush=self._pace.due())
+
+    def flush(self) -> None:
+        if not self._closed:
+            self._guarded(None)
 
     def close(self) -> None:
         if self._closed:
@@ -108,10 +113,12 @@ class _FileExporter(Sink):
                 except OSError:
                     pass  # the failing write above already raised the error worth reporting
 
-    def _guarded(self, action: Any) -> None:
+    def _guarded(self, action: Callable[[], None] | None, flush: bool = True) -> None:
         try:
-            action()
-            self._stream.flush()
+            if action is not None:
+                action()
+            if flush:
+                self._stream.flush()
         except OSError as exc:
             self._failed = True
             raise ExportError(f"cannot write export {self._path!r}: {exc.strerror or exc}") from exc

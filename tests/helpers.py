@@ -6,8 +6,9 @@ import os
 import pty
 import select
 import subprocess
+import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 from pooledfetch.results import Result
 
@@ -61,3 +62,19 @@ def run_on_pty(args: Sequence[str], env: Mapping[str, str], timeout: float = 60.
         return process.wait(timeout=10), bytes(output)
     finally:
         os.close(leader)
+
+
+class IdleWatch:
+    """An `idle` callback for engine.run / run_on_cluster that notes, at each call, how many rows
+    the consumer had taken and on which thread it was called."""
+
+    def __init__(self) -> None:
+        self.rows: list[Result] = []
+        self.calls: list[tuple[int, threading.Thread]] = []
+
+    def __call__(self) -> None:
+        self.calls.append((len(self.rows), threading.current_thread()))
+
+    def consume(self, results: Iterable[Result]) -> None:
+        for row in results:
+            self.rows.append(row)

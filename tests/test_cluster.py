@@ -28,6 +28,7 @@ from typing import Any
 import psutil
 import pytest
 from conftest import serving
+from helpers import IdleWatch
 from hostile import LOOPBACK, cli_command, offline_env
 from recording import RecordingServer, most_in_one_second
 from test_interrupts import Run, wait_until
@@ -107,6 +108,15 @@ def test_fetch_all_takes_a_client(dask_client: Any, demo_server: DemoServer) -> 
     rows = list(fetch_all([f"{demo_server.base_url}/status/200?i={i}" for i in range(5)], client=dask_client))
     assert sorted(row.index for row in rows) == list(range(5))
     assert all(row.status == 200 and row.worker for row in rows)
+
+
+def test_idle_is_called_on_the_client_while_a_slow_chunk_is_out(dask_client: Any, demo_server: DemoServer) -> None:
+    config = FetchConfig(workers=2)
+    urls = [f"{demo_server.base_url}/get", f"{demo_server.base_url}/delay/1"]
+    watch = IdleWatch()
+    watch.consume(cluster.run_on_cluster(iter_targets(urls, config), config, dask_client, chunk_size=1, idle=watch))
+    assert len(watch.rows) == 2
+    assert (1, threading.current_thread()) in watch.calls
 
 
 def test_per_worker_figures_add_up(dask_client: Any, demo_server: DemoServer) -> None:

@@ -11,6 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import quote
 
 import pytest
+from helpers import IdleWatch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pytest_httpserver import HTTPServer
@@ -516,6 +517,16 @@ def test_rows_match_url_lines_property(shared_demo_server: DemoServer, kinds: li
         else:
             assert result.error == ""
             assert result.status == (404 if kind == "missing" else 200)
+
+
+def test_idle_is_called_on_the_consuming_thread_while_the_run_waits_for_a_slow_row(demo_server: DemoServer) -> None:
+    """The CLI flushes its exports then: the fast row must not sit in a buffer until the slow one comes."""
+    config = fast(workers=2)
+    urls = [f"{demo_server.base_url}/get", f"{demo_server.base_url}/delay/1"]
+    watch = IdleWatch()
+    watch.consume(run(iter_targets(urls, config), config, idle=watch))
+    assert len(watch.rows) == 2
+    assert (1, threading.current_thread()) in watch.calls
 
 
 # --- cancellation --------------------------------------------------------------------------------------------

@@ -175,7 +175,8 @@ def test_file_is_valid_after_an_exception_mid_run(tmp_path, fmt):
     assert [int(row["index"]) for row in rows] == [0, 1]
 
 
-def test_json_rows_are_flushed_before_close(tmp_path):
+def test_json_rows_are_flushed_before_close(tmp_path, monkeypatch):
+    monkeypatch.setattr("pooledfetch.sink.FLUSH_SECONDS", 0)  # every write is due a flush
     path = tmp_path / "out.json"
     exporter = open_exporter(str(path), "json")
     try:
@@ -186,6 +187,24 @@ def test_json_rows_are_flushed_before_close(tmp_path):
     finally:
         exporter.close()
     assert len(read_json(path)) == 1
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_rows_written_within_flush_seconds_share_a_flush_that_flush_forces(tmp_path, monkeypatch, fmt):
+    monkeypatch.setattr("pooledfetch.sink.FLUSH_SECONDS", 3600)
+    path = tmp_path / f"out.{fmt}"
+    exporter = open_exporter(str(path), fmt)
+    try:
+        before = path.read_text()
+        exporter.write(ROWS[0])
+        exporter.write(ROWS[1])
+        assert path.read_text() == before
+        exporter.flush()
+        after = path.read_text()
+        assert after.count("\n") == before.count("\n") + 2
+    finally:
+        exporter.close()
+    assert len(read_back(path, fmt)) == 2
 
 
 @pytest.mark.parametrize("fmt", FORMATS)

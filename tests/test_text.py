@@ -105,12 +105,21 @@ class FlushCounter(io.StringIO):
         super().flush()
 
 
-def test_plain_lines_flushes_each_line():
+def test_plain_lines_flush_when_due_and_when_told(monkeypatch):
     stream = FlushCounter()
-    sink = PlainLines(stream, colour=False)
-    sink.write(make_result())
-    sink.write(make_result())
+    lines = PlainLines(stream, colour=False)
+    monkeypatch.setattr("pooledfetch.sink.FLUSH_SECONDS", 3600)
+    lines.write(make_result())
+    lines.write(make_result())
+    assert stream.flushes == 0
+    lines.flush()
+    assert stream.flushes == 1
+    monkeypatch.setattr("pooledfetch.sink.FLUSH_SECONDS", 0)
+    lines.write(make_result())
     assert stream.flushes == 2
+    lines.close()
+    assert stream.flushes == 3
+    assert stream.getvalue().count("\n") == 3
 
 
 class BrokenPipeStream(io.StringIO):
@@ -144,9 +153,10 @@ def test_broken_pipe_on_flush_is_handled_too():
         def flush(self):
             raise BrokenPipeError(32, "Broken pipe")
 
-    sink = PlainLines(FlushBreaks(), colour=False)
-    sink.write(make_result())
-    assert sink.broken
+    lines = PlainLines(FlushBreaks(), colour=False)
+    lines.write(make_result())
+    lines.flush()
+    assert lines.broken
 
 
 def test_other_os_errors_are_not_swallowed():
