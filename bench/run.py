@@ -52,20 +52,32 @@ class Measurement:
 
 
 LATENCY_SCENARIO = "https-20hosts-40ms"
+# The same, with every client given a CA bundle the size of a real trust store (certifi's bundle
+# plus the bench CA) instead of the bench's one-certificate CA: what a client does with its CA
+# bundle on each new connection shows only then.
+FULL_CA_SCENARIO = "https-20hosts-40ms-full-ca"
 ONE_WAY_DELAY = 0.02
 
 
 def scenarios(server: nginx.Nginx, count: int, delay_port: int) -> dict[str, list[str]]:
+    latency_urls = [server.https_url("/small", host=1 + i % nginx.HOSTS, port=delay_port) for i in range(count // 5)]
     return {
         "http-1host": [server.http_url("/small")] * count,
         "https-1host": [server.https_url("/small")] * (count // 2),
         "http-20hosts": [server.http_url("/small", host=1 + i % nginx.HOSTS) for i in range(count)],
         "http-100KB": [server.http_url("/large")] * (count // 5),
         # Through a forwarder adding 20 ms each way: a 40 ms round trip to 20 TLS hosts.
-        LATENCY_SCENARIO: [
-            server.https_url("/small", host=1 + i % nginx.HOSTS, port=delay_port) for i in range(count // 5)
-        ],
+        LATENCY_SCENARIO: latency_urls,
+        FULL_CA_SCENARIO: latency_urls,
     }
+
+
+def full_ca_bundle(server: nginx.Nginx, work: Path) -> str:
+    import certifi  # requests' own dependency
+
+    path = work / "full-ca.pem"
+    path.write_text(Path(certifi.where()).read_text() + Path(server.ca_path).read_text())
+    return str(path)
 
 
 def start_delay_forwarder(server: nginx.Nginx) -> tuple[subprocess.Popen[bytes], int]:
@@ -162,7 +174,7 @@ def report(scenario: str, results: dict[str, list[Measurement]], workers: int) -
     chosen = {name: best(runs) for name, runs in results.items()}
     ours = chosen["pooledfetch"]
     floor = ""
-    if scenario == LATENCY_SCENARIO:
+    if scenario in (LATENCY_SCENARIO, FULL_CA_SCENARIO):
         floor = f"; latency floor {workers / (2 * ONE_WAY_DELAY):,.0f} URLs/s before TLS handshakes"
     lines = [
         f"\n### {scenario} ({ours.urls} URLs, best of {len(results['pooledfetch'])}{floor})\n",
@@ -263,7 +275,8 @@ def main() -> None:
                 continue
             url_file = work / f"{scenario}.txt"
             url_file.write_text("\n".join(urls) + "\n")
-            commands = client_commands(url_file, args.workers, server.ca_path, work)
+            ca = full_ca_bundle(server, work) if scenario == FULL_CA_SCENARIO else server.ca_path
+            commands = client_commands(url_file, args.workers, ca, work)
             if args.client:
                 commands = {k: v for k, v in commands.items() if k == "pooledfetch" or k in args.client}
             if scenario == "http-1host" and not args.no_live:

@@ -96,6 +96,7 @@ def cli(**options: Any) -> None:
 
 
 def _run(options: dict[str, Any]) -> ExitCode:
+    from pooledfetch import tls
     from pooledfetch.config import FetchConfig
     from pooledfetch.engine import RunProgress
     from pooledfetch.errors import ConfigError
@@ -172,6 +173,8 @@ def _run(options: dict[str, Any]) -> ExitCode:
                 keep_order=options["keep_order"],
                 reorder_window=options["reorder_window"] or 0,
             )
+            # Before any export opens (and truncates a previous run's file).
+            tls.check_files(config)
         except ConfigError as exc:
             raise click.UsageError(str(exc)) from None
 

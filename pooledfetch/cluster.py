@@ -29,7 +29,7 @@ from concurrent.futures import CancelledError, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 
-from pooledfetch import localworkers
+from pooledfetch import localworkers, tls
 from pooledfetch import results as rc
 from pooledfetch.config import FetchConfig
 from pooledfetch.engine import DEFAULT_GRACE_SECONDS, KeepOrder, RunProgress, error_result, run
@@ -229,6 +229,8 @@ class _Dispatch:
         chunk_size: int | None,
         idle: Callable[[], None] | None,
     ) -> None:
+        # The workers load these files for themselves; a bad one is better told here, once.
+        tls.check_files(config)
         self._client = client
         self._progress = progress
         self._idle = idle

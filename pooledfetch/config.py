@@ -98,6 +98,11 @@ class FetchConfig:
         return self.client_cert
 
     @property
+    def tls_verify(self) -> bool | str:
+        """What requests calls `verify`: the CA bundle (which wins over --insecure), else whether to verify."""
+        return self.ca_bundle if self.ca_bundle else self.verify
+
+    @property
     def timeout(self) -> tuple[float, float]:
         return (self.connect_timeout, self.read_timeout)
 

@@ -31,12 +31,15 @@ from pooledfetch.config import FETCHABLE_SCHEMES, FetchConfig
 from pooledfetch.errors import ConfigError
 from pooledfetch.pools import Deadlines, PoolAccounting, pool_classes
 from pooledfetch.sources import normalize_url
+from pooledfetch.tls import SharedContext
 
 # Idempotent methods only: retrying a POST could repeat its side effects.
 RETRYABLE_METHODS = Retry.DEFAULT_ALLOWED_METHODS
 _HAS_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*:")
 _BODY_HEADERS = ("Content-Length", "Content-Type", "Transfer-Encoding")
 _CREDENTIAL_HEADERS = ("Cookie", "Proxy-Authorization")
+# What urllib3 would load into a new SSL context for every connection: pooledfetch.tls loads it once.
+_TLS_FILE_SETTINGS = ("ca_certs", "ca_cert_dir", "cert_file", "key_file")
 
 
 class DeadlineExceeded(Exception):
@@ -197,13 +200,16 @@ class Transport:
         self._body_needed = config.data is not None or config.method not in ("GET", "HEAD")
         self._timeout = Timeout(connect=config.connect_timeout, read=config.read_timeout)
         # An explicit value, so a REQUESTS_CA_BUNDLE in the environment cannot override -k/--ca-bundle.
-        self.verify: bool | str = config.ca_bundle if config.ca_bundle else config.verify
-        # TLS settings of a pool (cert_reqs, ca_certs) depend on --insecure/--ca-bundle only, not the URL.
+        self.verify = config.tls_verify
+        # TLS settings of a pool depend on --insecure/--ca-bundle/--cert only, not the URL; the
+        # files they name are loaded once, into the context every HTTPS pool shares.
         probe = requests.PreparedRequest()
         probe.prepare_url("https://pool-settings.invalid/", None)
-        self._pool_kwargs = self.adapter.build_connection_pool_key_attributes(
+        pool_settings = self.adapter.build_connection_pool_key_attributes(
             probe, self.verify, config.client_certificate
         )[1]
+        self._pool_kwargs = {name: value for name, value in pool_settings.items() if name not in _TLS_FILE_SETTINGS}
+        self._tls = SharedContext(config)
         # Read once: requests would re-read ~/.netrc for every request (and by default at all).
         self._netrc = _load_netrc() if config.netrc else None
         # Read once: an explicit --proxy beats the environment, and --no-env-proxy ignores it.
@@ -328,7 +334,8 @@ class Transport:
         origin = (scheme, host, port)
         pool = self._pools.get(origin)
         if pool is None or pool.pool is None or len(self.adapter.poolmanager.pools) >= self.config.pool_connections:
-            pool = self.adapter.poolmanager.connection_from_host(host, port, scheme, pool_kwargs=self._pool_kwargs)
+            kwargs = self._pool_kwargs if scheme == "http" else {**self._pool_kwargs, "ssl_context": self._tls.get()}
+            pool = self.adapter.poolmanager.connection_from_host(host, port, scheme, pool_kwargs=kwargs)
             if len(self._pools) >= self.config.pool_connections:
                 self._pools.clear()  # origins of pools long evicted
             self._pools[origin] = pool

@@ -28,10 +28,10 @@ from typing import Any
 import psutil
 import pytest
 from conftest import serving
-from helpers import IdleWatch
+from helpers import IdleWatch, wait_until
 from hostile import LOOPBACK, cli_command, offline_env
 from recording import RecordingServer, most_in_one_second
-from test_interrupts import Run, wait_until
+from test_interrupts import Run
 
 from pooledfetch import results as rc
 from pooledfetch.config import FetchConfig

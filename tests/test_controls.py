@@ -13,6 +13,7 @@ import pytest
 import trustme
 from click.testing import CliRunner
 from conftest import LOOPBACK, TLSDemoServer, serving
+from cryptography.hazmat.primitives import serialization
 from hostile import cli_command
 from pytest_httpserver import HTTPServer
 from werkzeug import Request, Response
@@ -162,6 +163,44 @@ def test_a_client_certificate_opens_a_server_that_requires_one(
     assert '"error": "ssl"' in refused.stdout or '"error": "protocol"' in refused.stdout
     assert admitted.exit_code == ExitCode.OK, admitted.stdout + admitted.stderr
     assert '"status": 200' in admitted.stdout
+
+
+@pytest.mark.parametrize("problem", ["ca-not-pem", "cert-not-pem", "encrypted-key", "key-of-another-cert"])
+def test_unusable_tls_files_are_one_line_and_exit_2_before_any_request(
+    problem: str, mutual_tls_server: TLSDemoServer, tls_ca: trustme.CA, ca_pem: str, tmp_path: Path
+) -> None:
+    client = tls_ca.issue_cert("pooledfetch-client@example.test")
+    cert, key, not_pem = tmp_path / "client.pem", tmp_path / "client.key", tmp_path / "not.pem"
+    client.cert_chain_pems[0].write_to_path(str(cert))
+    client.private_key_pem.write_to_path(str(key))
+    not_pem.write_text("not PEM at all\n")
+    ca, expected = ca_pem, "cannot be used as a client certificate"
+    if problem == "ca-not-pem":
+        ca, expected = str(not_pem), "holds no usable CA certificate"
+    elif problem == "cert-not-pem":
+        cert = not_pem
+    elif problem == "encrypted-key":
+        private_key = serialization.load_pem_private_key(client.private_key_pem.bytes(), None)
+        encryption = serialization.BestAvailableEncryption(b"secret")
+        key.write_bytes(
+            private_key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, encryption)
+        )
+        expected = "private key is encrypted"
+    else:
+        tls_ca.issue_cert("someone-else@example.test").private_key_pem.write_to_path(str(key))
+    urls = _url_file(tmp_path, f"{mutual_tls_server.base_url}/get")
+
+    previous = tmp_path / "previous.jsonl"
+    previous.write_text('{"a previous run": "kept"}\n')
+    args = [urls, "-o", str(previous), "--ca-bundle", ca, "--cert", str(cert), "--key", str(key)]
+
+    result = CliRunner().invoke(cli, args)
+
+    assert result.exit_code == ExitCode.USAGE
+    assert f"Error: {expected}" in result.stderr or expected in result.stderr.splitlines()[-1], result.stderr
+    assert "Traceback" not in result.output
+    assert previous.read_text() == '{"a previous run": "kept"}\n'
+    assert mutual_tls_server.requests == 0
 
 
 def test_key_without_cert_is_a_usage_error(tmp_path: Path) -> None:

@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pytest
+from helpers import wait_until
 from hostile import HostileServer, cli_command, offline_env
 
 from pooledfetch import results as rc
@@ -62,13 +63,6 @@ class Run:
     @property
     def stderr(self) -> str:
         return self.stderr_path.read_text(encoding="utf-8")
-
-
-def wait_until(condition: Callable[[], bool], timeout: float = 10.0, what: str = "condition") -> None:
-    end = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < end, f"timed out waiting for {what}"
-        time.sleep(0.02)
 
 
 def read_exports(tmp_path: Path) -> dict[str, list[dict[str, object]]]:
