@@ -38,8 +38,6 @@ RETRYABLE_METHODS = Retry.DEFAULT_ALLOWED_METHODS
 _HAS_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*:")
 _BODY_HEADERS = ("Content-Length", "Content-Type", "Transfer-Encoding")
 _CREDENTIAL_HEADERS = ("Cookie", "Proxy-Authorization")
-# What urllib3 would load into a new SSL context for every connection: pooledfetch.tls loads it once.
-_TLS_FILE_SETTINGS = ("ca_certs", "ca_cert_dir", "cert_file", "key_file")
 
 
 class DeadlineExceeded(Exception):
@@ -168,6 +166,20 @@ def _load_netrc() -> netrc.netrc | None:
     return None
 
 
+class _SharedTlsAdapter(HTTPAdapter):
+    """An HTTPAdapter whose pools, proxied ones included, share one TLS context (pooledfetch.tls)."""
+
+    def __init__(self, tls: SharedContext, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.tls = tls
+
+    def build_connection_pool_key_attributes(
+        self, request: requests.PreparedRequest, verify: bool | str, cert: Any = None
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        host, settings = super().build_connection_pool_key_attributes(request, verify, cert)
+        return host, self.tls.pool_settings(settings, host["scheme"])
+
+
 class Transport:
     """The shared session, its one adapter and everything each request reuses."""
 
@@ -182,7 +194,8 @@ class Transport:
         policy: CookiePolicy = _NoCookies()
         self.session.cookies.set_policy(policy)
         self._retry_policy = self._retry()
-        self.adapter = HTTPAdapter(
+        self.adapter = _SharedTlsAdapter(
+            SharedContext(config),
             pool_connections=config.pool_connections,
             pool_maxsize=config.pool_maxsize,
             max_retries=self._retry_policy,
@@ -201,15 +214,13 @@ class Transport:
         self._timeout = Timeout(connect=config.connect_timeout, read=config.read_timeout)
         # An explicit value, so a REQUESTS_CA_BUNDLE in the environment cannot override -k/--ca-bundle.
         self.verify = config.tls_verify
-        # TLS settings of a pool depend on --insecure/--ca-bundle/--cert only, not the URL; the
-        # files they name are loaded once, into the context every HTTPS pool shares.
+        # A pool's settings depend on --insecure/--ca-bundle/--cert only, not the URL (an http
+        # URL asks for them without the TLS context, which _pool_for adds for https).
         probe = requests.PreparedRequest()
-        probe.prepare_url("https://pool-settings.invalid/", None)
-        pool_settings = self.adapter.build_connection_pool_key_attributes(
+        probe.prepare_url("http://pool-settings.invalid/", None)
+        self._pool_settings = self.adapter.build_connection_pool_key_attributes(
             probe, self.verify, config.client_certificate
         )[1]
-        self._pool_kwargs = {name: value for name, value in pool_settings.items() if name not in _TLS_FILE_SETTINGS}
-        self._tls = SharedContext(config)
         # Read once: requests would re-read ~/.netrc for every request (and by default at all).
         self._netrc = _load_netrc() if config.netrc else None
         # Read once: an explicit --proxy beats the environment, and --no-env-proxy ignores it.
@@ -334,8 +345,8 @@ class Transport:
         origin = (scheme, host, port)
         pool = self._pools.get(origin)
         if pool is None or pool.pool is None or len(self.adapter.poolmanager.pools) >= self.config.pool_connections:
-            kwargs = self._pool_kwargs if scheme == "http" else {**self._pool_kwargs, "ssl_context": self._tls.get()}
-            pool = self.adapter.poolmanager.connection_from_host(host, port, scheme, pool_kwargs=kwargs)
+            settings = self.adapter.tls.pool_settings(self._pool_settings, scheme)
+            pool = self.adapter.poolmanager.connection_from_host(host, port, scheme, pool_kwargs=settings)
             if len(self._pools) >= self.config.pool_connections:
                 self._pools.clear()  # origins of pools long evicted
             self._pools[origin] = pool

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import ssl
 import threading
+from typing import Any
 
 from urllib3.util.ssl_ import create_urllib3_context
 
@@ -56,6 +57,10 @@ def check_files(config: FetchConfig) -> ssl.SSLContext | None:
     return None
 
 
+# requests' pool settings that make urllib3 load files into a new context per connection.
+_FILE_SETTINGS = ("ca_certs", "ca_cert_dir", "cert_file", "key_file")
+
+
 class SharedContext:
     """`load(config)`, made once: at once when the user named files, else when the first HTTPS
     pool asks for it (a run that fetches only plain HTTP never loads the OS store)."""
@@ -71,6 +76,13 @@ class SharedContext:
                 if self._context is None:
                     self._context = load(self._config)
         return self._context
+
+    def pool_settings(self, settings: dict[str, Any], scheme: str) -> dict[str, Any]:
+        """requests' settings for a pool of `scheme`, the files they name replaced by this context."""
+        kept = {name: value for name, value in settings.items() if name not in _FILE_SETTINGS}
+        if scheme == "https":
+            kept["ssl_context"] = self.get()
+        return kept
 
 
 class _EncryptedKey(Exception):

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import http.server
 import os
+import select
+import socket
 import ssl
 import subprocess
 from collections.abc import Iterator
@@ -14,10 +16,12 @@ import trustme
 from click.testing import CliRunner
 from conftest import LOOPBACK, TLSDemoServer, serving
 from cryptography.hazmat.primitives import serialization
+from helpers import wait_until
 from hostile import cli_command
 from pytest_httpserver import HTTPServer
 from werkzeug import Request, Response
 
+from pooledfetch import FetchConfig, fetch_all
 from pooledfetch.cli import cli
 from pooledfetch.configfile import load_defaults
 from pooledfetch.errors import ExitCode
@@ -247,6 +251,28 @@ class _ProxyHandler(http.server.BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
+    def do_CONNECT(self) -> None:
+        """A tunnel to a loopback port (only): bytes piped both ways until either side closes."""
+        self.server.targets.append(self.path)  # authority-form: host:port
+        host, _, port = self.path.rpartition(":")
+        if host not in (LOOPBACK, "localhost"):
+            self.send_error(403)
+            return
+        with socket.create_connection((LOOPBACK, int(port)), timeout=10) as upstream:
+            self.send_response(200, "Connection established")
+            self.end_headers()
+            self.wfile.flush()
+            sockets = [self.connection, upstream]
+            while True:
+                readable, _, _ = select.select(sockets, [], [], 10)
+                if not readable:
+                    return
+                for source in readable:
+                    data = source.recv(65536)
+                    if not data:
+                        return
+                    (upstream if source is self.connection else self.connection).sendall(data)
+
     def log_message(self, format: str, *args: object) -> None:
         """Quiet."""
 
@@ -254,6 +280,24 @@ class _ProxyHandler(http.server.BaseHTTPRequestHandler):
 @pytest.fixture
 def proxy() -> Iterator[_RecordingProxy]:
     yield from serving(_RecordingProxy())
+
+
+def test_https_through_a_proxy_tunnel_verifies_with_the_run_s_one_tls_context(
+    proxy: _RecordingProxy, https_server: TLSDemoServer, ca_pem: str
+) -> None:
+    """The CA file is gone before the second tunnel's TLS connection opens, and it still verifies."""
+    port = https_server.server_address[1]
+
+    def urls() -> Iterator[str]:
+        yield f"{https_server.base_url}/get"
+        wait_until(lambda: https_server.requests == 1)
+        os.remove(ca_pem)
+        yield f"https://localhost:{port}/get"
+
+    config = FetchConfig(proxy=proxy.url, ca_bundle=ca_pem, workers=1, retries=0)
+    rows = sorted(fetch_all(urls(), config), key=lambda row: row.index)
+    assert [(row.status, row.error) for row in rows] == [(200, ""), (200, "")]
+    assert proxy.targets == [f"{LOOPBACK}:{port}", f"localhost:{port}"]
 
 
 def test_proxy_option_sends_every_request_through_the_proxy(
