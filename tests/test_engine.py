@@ -229,6 +229,16 @@ def test_the_ca_bundle_is_loaded_once_for_every_connection_of_the_run(https_serv
     assert [(r.status, r.error, r.conn_reused) for r in results] == [(200, "", False), (200, "", False)]
 
 
+def test_a_ca_bundle_wins_over_insecure_hostnames_included(
+    https_server: DemoServer, ca_pem: str, fake_dns: list[str]
+) -> None:
+    port = https_server.server_address[1]
+    config = fast(ca_bundle=ca_pem, verify=False)
+    right, wrong = fetch([f"{https_server.base_url}/get", f"https://elsewhere.test:{port}/get"], config)
+    assert (right.status, right.error) == (200, "")
+    assert (wrong.error, wrong.ok) == (rc.SSL, False)
+
+
 def test_a_ca_bundle_without_certificates_is_a_config_error_before_any_request(
     https_server: DemoServer, tmp_path: Path
 ) -> None:
