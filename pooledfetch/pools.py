@@ -11,6 +11,7 @@ import queue
 import socket
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import astuple, dataclass
 from http.client import HTTPException
 from typing import TYPE_CHECKING, Any
@@ -19,6 +20,7 @@ from urllib3 import HTTPConnectionPool, HTTPResponse, HTTPSConnectionPool
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.exceptions import HTTPError
 from urllib3.response import BaseHTTPResponse
+from urllib3.util.connection import is_connection_dropped
 
 if TYPE_CHECKING:
     from urllib3._base_connection import BaseHTTPConnection
@@ -197,21 +199,80 @@ class PoolAccounting:
             self.requests_sent += 1
 
 
+# Once the run holds `workers + hosts` sockets, a host with its share of the requests in flight
+# or more (workers ÷ hosts with a request out) waits this long for one of its own connections
+# to come back before it opens another. Over many hosts each pool would otherwise grow to the
+# most requests its host ever had in flight at once, each extra connection a TCP (and TLS)
+# handshake; a host slow to give one back still gets its new connection after the wait.
+REUSE_WAIT_SECONDS = 0.05
+
+
+class ConnectionBudget:
+    """A run's sockets, its hosts (`hosts()`: the pools it keeps) and how many pools have a request
+    out: what decides whether a host's next connection is worth opening or worth waiting for one
+    of its own instead."""
+
+    def __init__(self, workers: int, hosts: Callable[[], int]) -> None:
+        self._workers = workers
+        self._hosts = hosts
+        self._lock = threading.Lock()
+        self.sockets = 0
+        self.busy_pools = 0
+
+    def add_sockets(self, count: int) -> None:
+        with self._lock:
+            self.sockets += count
+
+    def taken(self, pool: _AccountedHTTPPool) -> None:
+        """One more request of `pool`'s is out (waiting for, or holding, a connection)."""
+        with self._lock:
+            pool.out += 1
+            if pool.out == 1:
+                self.busy_pools += 1
+
+    def returned(self, pool: _AccountedHTTPPool) -> None:
+        with self._lock:
+            pool.out -= 1
+            if pool.out == 0:
+                self.busy_pools -= 1
+
+    def spent(self, out_here: int) -> bool:
+        """True when the run holds `workers + hosts` sockets and a host with `out_here` requests
+        out (the asking one included) has its share of them or more."""
+        return self.sockets >= self._workers + self._hosts() and out_here * max(1, self.busy_pools) >= self._workers
+
+
 class _AccountedConnection(HTTPConnection):
     """Times `connect()` (TCP plus TLS for https) and counts the requests sent on each socket."""
 
     accounting: PoolAccounting
     deadlines: Deadlines
+    budget: ConnectionBudget
     connect_ms = 0.0
     pool_wait_ms = 0.0
     requests_on_socket = 0
+    # Counted in the budget from its making (so threads deciding at once see it) until closed,
+    # and again when a closed one connects anew.
+    counted = False
+
+    def count(self) -> None:
+        if not self.counted:
+            self.counted = True
+            self.budget.add_sockets(1)
 
     def connect(self) -> None:
+        self.count()
         start = time.perf_counter()
         super().connect()
         self.connect_ms = (time.perf_counter() - start) * 1000.0
         self.requests_on_socket = 0
         self.accounting.opened()
+
+    def close(self) -> None:
+        if self.counted:
+            self.counted = False
+            self.budget.add_sockets(-1)
+        super().close()
 
     def request(self, *args: Any, **kwargs: Any) -> None:
         self.deadlines.arm(self)
@@ -248,6 +309,28 @@ class _AccountedQueue(queue.LifoQueue[Any]):
             self.accounting.discarded()
             raise
 
+    def _put(self, item: Any) -> None:
+        # Empty slots go under the idle connections, so taking an empty slot off the top means
+        # no connection is idle (urllib3 puts one back on top after an error, and the next taker
+        # opened a new connection with idle ones beneath it).
+        if item is None:
+            self.queue.insert(0, item)
+        else:
+            self.queue.append(item)
+
+    def take_returned(self, timeout: float) -> Any:
+        """An idle connection, waiting up to `timeout` for one to be put back; None if none came."""
+        deadline = time.monotonic() + timeout
+        with self.not_empty:
+            while not self.queue or self.queue[-1] is None:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return None
+                self.not_empty.wait(remaining)
+            connection = self.queue.pop()
+            self.not_full.notify()
+            return connection
+
 
 class _AccountedHTTPPool(HTTPConnectionPool):
     """Bounds the wait for a free connection by `pool_wait` seconds and times it.
@@ -257,12 +340,40 @@ class _AccountedHTTPPool(HTTPConnectionPool):
     """
 
     pool_wait: float
+    budget: ConnectionBudget
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.out = 0  # requests out: waiting for, or holding, one of its connections
 
     def _get_conn(self, timeout: float | None = None) -> BaseHTTPConnection:
         start = time.perf_counter()
-        conn = super()._get_conn(self.pool_wait if timeout is None else timeout)
+        self.budget.taken(self)
+        try:
+            conn = super()._get_conn(self.pool_wait if timeout is None else timeout)
+        except BaseException:
+            self.budget.returned(self)
+            raise
         if isinstance(conn, _AccountedConnection):
             conn.pool_wait_ms = (time.perf_counter() - start) * 1000.0
+        return conn
+
+    def _put_conn(self, conn: BaseHTTPConnection | None) -> None:
+        self.budget.returned(self)
+        super()._put_conn(conn)
+
+    def _new_conn(self) -> Any:  # an HTTPConnection, or an HTTPSConnection for the HTTPS pool
+        slots = self.pool
+        if isinstance(slots, _AccountedQueue) and self.budget.spent(self.out):
+            conn = slots.take_returned(REUSE_WAIT_SECONDS)
+            if conn is not None:
+                slots.put(None)  # the empty slot this thread took goes back
+                if is_connection_dropped(conn):
+                    conn.close()  # it connects again when used, as urllib3 does it
+                return conn
+        conn = super()._new_conn()
+        if isinstance(conn, _AccountedConnection):
+            conn.count()
         return conn
 
 
@@ -271,7 +382,7 @@ class _AccountedHTTPSPool(_AccountedHTTPPool, HTTPSConnectionPool):
 
 
 def pool_classes(
-    pool_wait: float, accounting: PoolAccounting, deadlines: Deadlines
+    pool_wait: float, accounting: PoolAccounting, deadlines: Deadlines, budget: ConnectionBudget
 ) -> dict[str, type[HTTPConnectionPool]]:
     """Pool classes for a PoolManager's `pool_classes_by_scheme`, bound to one run's settings.
 
@@ -279,10 +390,10 @@ def pool_classes(
     run's wait bound and accounting travel as class attributes of classes made for the run.
     """
     queue_class = type("AccountedQueue", (_AccountedQueue,), {"accounting": accounting})
-    run = {"accounting": accounting, "deadlines": deadlines}
+    run = {"accounting": accounting, "deadlines": deadlines, "budget": budget}
     http_conn = type("AccountedConnection", (_AccountedConnection,), run)
     https_conn = type("AccountedHTTPSConnection", (_AccountedHTTPSConnection,), run)
-    shared = {"pool_wait": pool_wait, "QueueCls": queue_class}
+    shared = {"pool_wait": pool_wait, "QueueCls": queue_class, "budget": budget}
     return {
         "http": type("AccountedHTTPPool", (_AccountedHTTPPool,), {**shared, "ConnectionCls": http_conn}),
         "https": type("AccountedHTTPSPool", (_AccountedHTTPSPool,), {**shared, "ConnectionCls": https_conn}),

@@ -29,7 +29,7 @@ from urllib3.util import SKIP_HEADER, SKIPPABLE_HEADERS, Retry, Timeout, make_he
 
 from pooledfetch.config import FETCHABLE_SCHEMES, FetchConfig
 from pooledfetch.errors import ConfigError
-from pooledfetch.pools import Deadlines, PoolAccounting, pool_classes
+from pooledfetch.pools import ConnectionBudget, Deadlines, PoolAccounting, pool_classes
 from pooledfetch.sources import normalize_url
 from pooledfetch.tls import SharedContext
 
@@ -202,8 +202,10 @@ class Transport:
             pool_block=config.pool_block,
         )
         # The connect timeout also bounds the wait for a free pooled connection.
+        manager = self.adapter.poolmanager
+        self.budget = ConnectionBudget(config.workers, hosts=lambda: len(manager.pools))
         self.adapter.poolmanager.pool_classes_by_scheme = pool_classes(
-            config.connect_timeout, self.accounting, self.deadlines
+            config.connect_timeout, self.accounting, self.deadlines, self.budget
         )
         for scheme in FETCHABLE_SCHEMES:
             self.session.mount(f"{scheme}://", self.adapter)
@@ -397,4 +399,10 @@ class Transport:
 
     def close(self) -> None:
         self.deadlines.stop()
+        # urllib3's pool manager forgets its pools without closing them (their connections close
+        # when the pools are collected): close them now, the worker process may live on.
+        manager = self.adapter.poolmanager
+        pools = [*self._pools.values(), *(manager.pools[key] for key in manager.pools.keys())]
         self.session.close()
+        for pool in pools:
+            pool.close()  # a second close of the same pool does nothing

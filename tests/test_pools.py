@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import random
+from collections.abc import Iterator
+
 import pytest
 from conftest import TLSDemoServer
 
 from pooledfetch import FetchConfig, fetch_all
 from pooledfetch.demo import DemoServer
 from pooledfetch.engine import RunProgress, run
+from pooledfetch.session import Transport
 from pooledfetch.sources import iter_targets
 
 
@@ -46,3 +50,48 @@ def test_over_https_connect_ms_includes_the_handshake(https_server: TLSDemoServe
 def test_rows_without_a_connection_say_so(invalid: str) -> None:
     (result,) = fetch_all([invalid], FetchConfig())
     assert (result.conn_reused, result.connect_ms, result.pool_wait_ms) == (None, None, None)
+
+
+@pytest.fixture
+def four_hosts() -> Iterator[list[DemoServer]]:
+    servers = [DemoServer().start() for _ in range(4)]
+    try:
+        yield servers
+    finally:
+        for server in servers:
+            server.shutdown()
+            server.server_close()
+
+
+def _round_robin(servers: list[DemoServer], count: int, seed: int) -> list[str]:
+    """URLs taking turns over the hosts, some slower than others, so a host's requests in flight
+    bunch up now and then (without a budget each host's pool grows to its largest bunch)."""
+    delays = random.Random(seed).choices([0, 0, 0, 0.005, 0.02], k=count)
+    return [f"{servers[i % len(servers)].base_url}/delay/{delay}?i={i}" for i, delay in enumerate(delays)]
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_hosts_in_rotation_open_about_workers_plus_hosts_connections(four_hosts: list[DemoServer], seed: int) -> None:
+    config = FetchConfig(workers=8, pool_maxsize=8, retries=0)
+    progress = RunProgress()
+    results = list(run(iter_targets(_round_robin(four_hosts, 800, seed), config), config, progress=progress))
+    assert len(results) == 800 and all(result.ok for result in results)
+    # 8 + 4 = 12, and a little room for threads that decide at the same moment (~20 without it).
+    assert sum(server.connections for server in four_hosts) == progress.accounting.connections_opened <= 14
+
+
+def test_the_budget_and_every_pool_slot_are_given_back(four_hosts: list[DemoServer]) -> None:
+    config = FetchConfig(workers=8, pool_maxsize=8, retries=0)
+    transport = Transport(config)
+    try:
+        results = list(run(iter_targets(_round_robin(four_hosts, 400, 3), config), config, transport=transport))
+        assert len(results) == 400
+        pools = list(transport.adapter.poolmanager.pools._container.values())
+        assert len(pools) == 4
+        assert transport.budget.busy_pools == 0 and all(pool.out == 0 for pool in pools)
+        assert all(pool.pool.qsize() == pool.pool.maxsize for pool in pools)  # no slot kept by anyone
+        idle = sum(1 for pool in pools for conn in pool.pool.queue if conn is not None and conn.sock is not None)
+        assert transport.budget.sockets == idle == sum(server.connections for server in four_hosts)
+    finally:
+        transport.close()
+    assert transport.budget.sockets == 0
