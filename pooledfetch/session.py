@@ -203,7 +203,9 @@ class Transport:
         )
         # The connect timeout also bounds the wait for a free pooled connection.
         manager = self.adapter.poolmanager
-        self.budget = ConnectionBudget(config.workers, hosts=lambda: len(manager.pools))
+        self.budget = ConnectionBudget(
+            config.workers, hosts=lambda: len(manager.pools), limit=config.workers + config.pool_connections
+        )
         self.adapter.poolmanager.pool_classes_by_scheme = pool_classes(
             config.connect_timeout, self.accounting, self.deadlines, self.budget
         )

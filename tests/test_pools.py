@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import json
 import random
+import resource
+import subprocess
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from conftest import TLSDemoServer
+from hostile import cli_command, offline_env
 
 from pooledfetch import FetchConfig, fetch_all
 from pooledfetch.demo import DemoServer
 from pooledfetch.engine import RunProgress, run
+from pooledfetch.errors import ExitCode
 from pooledfetch.session import Transport
 from pooledfetch.sources import iter_targets
 
@@ -95,3 +101,27 @@ def test_the_budget_and_every_pool_slot_are_given_back(four_hosts: list[DemoServ
     finally:
         transport.close()
     assert transport.budget.sockets == 0
+
+
+def test_a_list_sorted_by_host_does_not_run_out_of_open_files(tmp_path: Path) -> None:
+    """Each host done with used to keep all its connections open: 24 hosts taken in turn by 20
+    workers held hundreds of sockets, past a limit of 128 open files, and connecting failed."""
+    servers = [DemoServer().start() for _ in range(24)]
+    try:
+        urls = tmp_path / "sorted.txt"
+        urls.write_text("".join(f"{server.base_url}/delay/0.01?i={i}\n" for server in servers for i in range(40)))
+        out = tmp_path / "out.jsonl"
+        args = [cli_command(), str(urls), "-q", "-o", str(out), "-w", "20", "--pool-connections", "20"]
+
+        def few_open_files() -> None:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (128, 128))
+
+        env = offline_env(tmp_path)
+        done = subprocess.run(args, env=env, preexec_fn=few_open_files, capture_output=True, timeout=60)
+    finally:
+        for server in servers:
+            server.shutdown()
+            server.server_close()
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert (done.returncode, len(rows)) == (ExitCode.OK, 960), done.stderr
+    assert all(row["status"] == 200 for row in rows)
