@@ -262,10 +262,16 @@ class ConnectionBudget:
             if pool.out == 0:
                 self.busy_pools -= 1
 
-    def spent(self, out_here: int) -> bool:
-        """True when the run holds `workers + hosts` sockets and a host with `out_here` requests
-        out (the asking one included) has its share of them or more."""
-        return self.sockets >= self._workers + self._hosts() and out_here * max(1, self.busy_pools) >= self._workers
+    def reserve(self, out_here: int) -> bool:
+        """Count one more socket, unless the run holds `workers + hosts` sockets and a host with
+        `out_here` requests out (the asking one included) has its share of them or more: False
+        then. Decided and counted at once, so threads asking together cannot all get past it."""
+        budget = self._workers + self._hosts()  # outside the lock: the pool manager's lock is taken first elsewhere
+        with self._lock:
+            if self.sockets >= budget and out_here * max(1, self.busy_pools) >= self._workers:
+                return False
+            self.sockets += 1
+            return True
 
 
 class _AccountedConnection(HTTPConnection):
@@ -407,17 +413,22 @@ class _AccountedHTTPPool(HTTPConnectionPool):
 
     def _new_conn(self) -> Any:  # an HTTPConnection, or an HTTPSConnection for the HTTPS pool
         slots = self.pool
-        if isinstance(slots, _AccountedQueue) and self.budget.spent(self.out):
+        if isinstance(slots, _AccountedQueue) and not self.budget.reserve(self.out):
             conn = slots.take_returned(REUSE_WAIT_SECONDS)
             if conn is not None:
                 slots.put(None)  # the empty slot this thread took goes back
                 if is_connection_dropped(conn):
                     conn.close()  # it connects again when used, as urllib3 does it
                 return conn
+            self.budget.add_sockets(1)  # none came back in time: a new one after all
         self.budget.make_room(self)
-        conn = super()._new_conn()
-        if isinstance(conn, _AccountedConnection):
-            conn.count()
+        try:
+            conn = super()._new_conn()
+        except BaseException:
+            self.budget.add_sockets(-1)
+            raise
+        if isinstance(conn, _AccountedConnection):  # always, with this pool's ConnectionCls
+            conn.counted = True  # reserved above
         return conn
 
 
