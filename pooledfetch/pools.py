@@ -224,7 +224,9 @@ class ConnectionBudget:
         self._workers = workers
         self._hosts = hosts
         self._limit = limit
-        self._lock = threading.Lock()
+        # Reentrant: a pool collected while this is held (a finalizer runs at any allocation)
+        # closes its connections, and each close counts itself out through this lock.
+        self._lock = threading.RLock()
         self._pools: weakref.WeakSet[_AccountedHTTPPool] = weakref.WeakSet()
         self.sockets = 0
         self.busy_pools = 0
