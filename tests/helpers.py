@@ -8,8 +8,9 @@ import select
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 
+from pooledfetch.demo import DemoServer
 from pooledfetch.results import Result
 
 # A successful GET as most sink tests want it; each test overrides what it is about.
@@ -85,3 +86,12 @@ def wait_until(condition: Callable[[], bool], timeout: float = 10.0, what: str =
     while not condition():
         assert time.monotonic() < end, f"timed out waiting for {what}"
         time.sleep(0.02)
+
+
+def two_hosts_with_the_ca_file_gone_between(server: DemoServer, ca_pem: str) -> Iterator[str]:
+    """Two HTTPS URLs of `server` under two host names (so two TLS connections); the CA file is
+    removed once the first has been answered, before the second connection opens."""
+    yield f"{server.base_url}/get"
+    wait_until(lambda: server.requests == 1)
+    os.remove(ca_pem)
+    yield f"https://localhost:{server.server_address[1]}/get"

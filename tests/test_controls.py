@@ -16,7 +16,7 @@ import trustme
 from click.testing import CliRunner
 from conftest import LOOPBACK, TLSDemoServer, serving
 from cryptography.hazmat.primitives import serialization
-from helpers import wait_until
+from helpers import two_hosts_with_the_ca_file_gone_between
 from hostile import cli_command
 from pytest_httpserver import HTTPServer
 from werkzeug import Request, Response
@@ -287,15 +287,9 @@ def test_https_through_a_proxy_tunnel_verifies_with_the_run_s_one_tls_context(
 ) -> None:
     """The CA file is gone before the second tunnel's TLS connection opens, and it still verifies."""
     port = https_server.server_address[1]
-
-    def urls() -> Iterator[str]:
-        yield f"{https_server.base_url}/get"
-        wait_until(lambda: https_server.requests == 1)
-        os.remove(ca_pem)
-        yield f"https://localhost:{port}/get"
-
     config = FetchConfig(proxy=proxy.url, ca_bundle=ca_pem, workers=1, retries=0)
-    rows = sorted(fetch_all(urls(), config), key=lambda row: row.index)
+    urls = two_hosts_with_the_ca_file_gone_between(https_server, ca_pem)
+    rows = sorted(fetch_all(urls, config), key=lambda row: row.index)
     assert [(row.status, row.error) for row in rows] == [(200, ""), (200, "")]
     assert proxy.targets == [f"{LOOPBACK}:{port}", f"localhost:{port}"]
 

@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import gzip
 import logging
-import os
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from urllib.parse import quote
 
 import pytest
-from helpers import IdleWatch, wait_until
+from helpers import IdleWatch, two_hosts_with_the_ca_file_gone_between
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pytest_httpserver import HTTPServer
@@ -217,15 +216,8 @@ def test_tls_with_ca_bundle(https_server: DemoServer, ca_pem: str) -> None:
 def test_the_ca_bundle_is_loaded_once_for_every_connection_of_the_run(https_server: DemoServer, ca_pem: str) -> None:
     """urllib3 alone reloads it for each new connection (~20 ms of CPU with the OS store); here
     the file is gone before the second host's connection opens, and that connection still verifies."""
-    port = https_server.server_address[1]
-
-    def urls() -> Iterator[str]:
-        yield f"{https_server.base_url}/get"
-        wait_until(lambda: https_server.requests == 1)
-        os.remove(ca_pem)
-        yield f"https://localhost:{port}/get"
-
-    results = fetch(urls(), fast(ca_bundle=ca_pem, workers=1))
+    urls = two_hosts_with_the_ca_file_gone_between(https_server, ca_pem)
+    results = fetch(urls, fast(ca_bundle=ca_pem, workers=1))
     assert [(r.status, r.error, r.conn_reused) for r in results] == [(200, "", False), (200, "", False)]
 
 
