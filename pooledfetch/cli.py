@@ -382,6 +382,11 @@ def _consume(
     if count is not None:
         outputs.view.set_total(count)
     if cluster_client is None:
+        if source.streams:
+            from pooledfetch.feed import ReadAhead
+
+            # Rows of finished URLs go out while a pipe or terminal waits for its next line.
+            targets = ReadAhead(targets)
         results = run(targets, config, cancel=cancel, progress=progress, idle=outputs.flush)
     else:
         from pooledfetch.cluster import run_on_cluster

@@ -24,6 +24,7 @@ from urllib3.response import BaseHTTPResponse
 
 from pooledfetch import results as rc
 from pooledfetch.config import FetchConfig
+from pooledfetch.feed import Feed
 from pooledfetch.limits import Abandoned, HostWindow, Limiter
 from pooledfetch.pools import PoolAccounting, connection_facts, drain_bounded, release
 from pooledfetch.results import Result, classify
@@ -94,6 +95,9 @@ def run(
 ) -> Generator[Result, None, None]:
     """Fetch `targets`, yielding one Result per target as each completes.
 
+    Given a `pooledfetch.feed.ReadAhead`, results go on being yielded while its input waits
+    for the next target (a pipe, a terminal).
+
     `idle` is called on the consuming thread when no result has come for a poll interval
     (the CLI flushes its sinks then).
 
@@ -112,16 +116,19 @@ def run(
     if limiter is None:
         limiter = Limiter.for_config(config, progress.accounting)
     keeper = KeepOrder(config.reorder_window) if config.keep_order else None
+    feed = targets if isinstance(targets, Feed) else Feed(targets)
+    owned.callback(feed.close)
     # In input order, targets go out as they come: a host window would reorder them.
-    window = _host_window(targets, config, limiter) if keeper is None else None
+    window = _host_window(feed, config, limiter) if keeper is None else None
     flight = _InFlight(progress, idle) if window is None else _FairInFlight(progress, idle, window)
+    feed.on_arrival(flight.wake)
     if executor is None:
         executor = ThreadPoolExecutor(config.workers, thread_name_prefix="pooledfetch")
         owned.callback(executor.shutdown, wait=False, cancel_futures=True)
     for _ in range(config.workers):
         executor.submit(_work, transport, flight.inbox, flight.outbox, abandon, limiter)
     try:
-        source = window or _InputOrder(targets if keeper is None else keeper.taken(targets))
+        source = window or _InputOrder(feed, keeper)
         results = _stages(source, flight, config, cancel, limiter, keeper, abandon, grace_seconds)
         yield from results if keeper is None else keeper.sort(results)
     finally:
@@ -159,7 +166,7 @@ def _stages(
         yield error_result(target, config, rc.CANCELLED, "run interrupted before this URL was sent")
 
 
-def _host_window(targets: Iterable[Target], config: FetchConfig, limiter: Limiter | None) -> HostWindow | None:
+def _host_window(feed: Feed, config: FetchConfig, limiter: Limiter | None) -> HostWindow | None:
     """A window interleaving the input by host when a per-host limit is set; None otherwise.
 
     A paused host's targets stay in the window until its pause is over, so no worker sits
@@ -167,23 +174,34 @@ def _host_window(targets: Iterable[Target], config: FetchConfig, limiter: Limite
     """
     if config.per_host_concurrency is None and config.per_host_rate is None and not config.pause_hosts:
         return None
-    return HostWindow(targets, config.per_host_concurrency, paused=limiter.paused if limiter is not None else None)
+    return HostWindow(feed, config.per_host_concurrency, paused=limiter.paused if limiter is not None else None)
 
 
 class _InputOrder:
-    """The input as it comes: where targets are taken from when no per-host limit needs a window."""
+    """The input as it comes: where targets are taken from when no per-host limit needs a window.
 
-    # next_ready() gives None only once the input is used up.
-    exhausted = True
+    With a keeper (--keep-order), each target counts in its window from when it is taken.
+    """
 
-    def __init__(self, targets: Iterable[Target]) -> None:
-        self._source = iter(targets)
+    def __init__(self, feed: Feed, keeper: KeepOrder | None) -> None:
+        self._feed = feed
+        self._keeper = keeper
+
+    @property
+    def exhausted(self) -> bool:
+        return self._feed.exhausted
 
     def next_ready(self) -> Target | None:
-        return next(self._source, None)
+        target = self._feed.take()
+        if target is not None and self._keeper is not None:
+            self._keeper.note(target)
+        return target
 
     def drain(self) -> Iterator[Target]:
-        return self._source
+        for target in self._feed.rest():
+            if self._keeper is not None:
+                self._keeper.note(target)
+            yield target
 
 
 def _submit(
@@ -244,8 +262,12 @@ class KeepOrder:
 
     def taken(self, targets: Iterable[Target]) -> Iterator[Target]:
         for target in targets:
-            self._order.append(target.index)
+            self.note(target)
             yield target
+
+    def note(self, target: Target) -> None:
+        """`target` is taken from the input: its result is released after those taken before it."""
+        self._order.append(target.index)
 
     def sort(self, results: Iterable[Result]) -> Iterator[Result]:
         for result in results:
@@ -260,7 +282,7 @@ _Job = tuple[int, Target]
 def _work(
     transport: Transport,
     inbox: SimpleQueue[_Job | None],
-    outbox: SimpleQueue[tuple[int, Result]],
+    outbox: SimpleQueue[tuple[int, Result] | None],
     abandon: threading.Event,
     limiter: Limiter | None = None,
 ) -> None:
@@ -287,7 +309,8 @@ class _InFlight:
     def __init__(self, progress: RunProgress, idle: Callable[[], None] | None) -> None:
         self.pending: dict[int, Target] = {}
         self.inbox: SimpleQueue[_Job | None] = SimpleQueue()
-        self.outbox: SimpleQueue[tuple[int, Result]] = SimpleQueue()
+        # None in the outbox wakes the consuming thread for a target the input has just given.
+        self.outbox: SimpleQueue[tuple[int, Result] | None] = SimpleQueue()
         self._tokens = itertools.count()
         self._progress = progress
         self._idle = idle
@@ -306,21 +329,26 @@ class _InFlight:
         self._progress.in_flight = len(self.pending)
         self.inbox.put((token, target))
 
+    def wake(self) -> None:
+        """End a wait in `collect` early (called from any thread)."""
+        self.outbox.put(None)
+
     def collect(self, timeout: float) -> Iterator[Result]:
-        """The results that have finished, waiting up to `timeout` for the first of them."""
+        """The results that have finished, waiting up to `timeout` for the first of them
+        (or until `wake`)."""
         try:
-            token, result = self.outbox.get(timeout=timeout)
+            done = self.outbox.get(timeout=timeout)
         except Empty:
             if self._idle is not None:
                 self._idle()
             return
         while True:
             # A result for a target already given a row (abandoned after the grace period) is dropped.
-            if self.pending.pop(token, None) is not None:
+            if done is not None and self.pending.pop(done[0], None) is not None:
                 self._progress.in_flight = len(self.pending)
-                yield result
+                yield done[1]
             try:
-                token, result = self.outbox.get_nowait()
+                done = self.outbox.get_nowait()
             except Empty:
                 return
 

@@ -21,6 +21,7 @@ import io
 import json
 import os
 import re
+import stat
 import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -110,6 +111,12 @@ class Input:
                 if path != STDIN:  # stdin's header is checked when it is reached
                     with _text(path) as stream:
                         self._check_header(_csv_header(_csv_records(stream, self.format), path), path)
+
+    @property
+    def streams(self) -> bool:
+        """True when an input can keep its reader waiting for the next line: stdin or a path that
+        is not a regular file (a pipe, a FIFO, a terminal)."""
+        return any(_streams(path) for path in self.paths)
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -245,6 +252,15 @@ def _listing(header: Sequence[str]) -> str:
     shown = ", ".join(repr(name) for name in header[:_LISTED_COLUMNS])
     more = f", … {len(header) - _LISTED_COLUMNS} more" if len(header) > _LISTED_COLUMNS else ""
     return f"its columns are: {shown}{more}" if header else "it has no columns"
+
+
+def _streams(path: str) -> bool:
+    try:
+        mode = os.fstat(sys.stdin.fileno()).st_mode if path == STDIN else os.stat(path).st_mode
+    except (AttributeError, OSError, ValueError):
+        # A missing file is reported when it is reached; a stdin with no file behind it streams.
+        return path == STDIN
+    return not stat.S_ISREG(mode)
 
 
 def _source(path: str) -> str:

@@ -25,6 +25,7 @@ from email.utils import parsedate_to_datetime
 from urllib.parse import urlsplit
 
 from pooledfetch.config import FetchConfig
+from pooledfetch.feed import Feed
 from pooledfetch.pools import PoolAccounting
 from pooledfetch.session import DeadlineExceeded, RetryObserver
 from pooledfetch.sources import Target
@@ -344,7 +345,7 @@ class HostWindow:
     ) -> None:
         if size < 1:
             raise ValueError("size must be at least 1")
-        self._source: Iterator[Target] | None = iter(targets)
+        self._feed: Feed | None = targets if isinstance(targets, Feed) else Feed(targets)
         self._limit = per_host_concurrency
         self._paused = paused
         self._size = size
@@ -365,7 +366,7 @@ class HostWindow:
     def exhausted(self) -> bool:
         """True once every target of the input has been handed out."""
         self._fill()
-        return self._buffered == 0
+        return self._buffered == 0 and self._feed is None
 
     def next_ready(self) -> Target | None:
         """The next target that may be sent now; None if none (all at their limit, or none left)."""
@@ -424,20 +425,21 @@ class HostWindow:
         self._turns.clear()
         self._in_turns.clear()
         self._buffered = 0
-        source, self._source = self._source, None
-        if source is not None:
-            yield from source
+        feed, self._feed = self._feed, None
+        if feed is not None:
+            yield from feed.rest()
 
     def _at_limit(self, host: str) -> bool:
         return self._limit is not None and self._in_flight.get(host, 0) >= self._limit
 
     def _fill(self) -> None:
-        if self._source is None:
+        if self._feed is None:
             return
         while self._buffered < self._size:
-            target = next(self._source, None)
+            target = self._feed.take()
             if target is None:
-                self._source = None
+                if self._feed.exhausted:
+                    self._feed = None
                 return
             self._buffered += 1
             if target.url is None:

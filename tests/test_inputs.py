@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import pickle
 import signal
 import subprocess
@@ -335,3 +336,14 @@ def test_every_csv_row_is_one_target_with_its_cells_unchanged(
     assert [target.index for target in targets] == list(range(len(rows)))
     assert [target.input_row for target in targets] == rows
     assert all((target.url is None) != (target.invalid_reason is None) for target in targets)
+
+
+def test_only_inputs_that_can_keep_the_reader_waiting_are_read_ahead(tmp_path: Path) -> None:
+    """A FIFO (like stdin from a pipe) is read on a thread of its own; a regular file is not."""
+    listed = tmp_path / "urls.txt"
+    listed.write_text("http://127.0.0.1/\n", encoding="utf-8")
+    fifo = tmp_path / "urls.fifo"
+    os.mkfifo(fifo)
+    assert not Input([str(listed)]).streams
+    assert Input([str(listed), str(fifo)]).streams
+    assert not Input([str(tmp_path / "missing.txt")]).streams  # reported when reached
