@@ -386,7 +386,7 @@ def _consume(
             from pooledfetch.feed import ReadAhead
 
             # Rows of finished URLs go out while a pipe or terminal waits for its next line.
-            targets = ReadAhead(targets)
+            targets = ReadAhead(targets, until_end=not source.interactive)
         results = run(targets, config, cancel=cancel, progress=progress, idle=outputs.flush)
     else:
         from pooledfetch.cluster import run_on_cluster

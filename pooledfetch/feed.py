@@ -65,11 +65,17 @@ class ReadAhead(Feed):
 
     An error reading the input (a file that cannot be opened, a bad row header) is raised by
     the `take()` that reaches it, on the consuming thread, as reading on that thread would.
+
+    `rest()` (what a cancelled run gives rows to) waits for the input to end: a pipe ends when
+    its writer does, and Ctrl-C in a shell ends the whole pipeline. A terminal ends only when
+    the user types Ctrl-D; with `until_end=False`, `rest()` gives what has been read so far
+    (a terminal discards typed-ahead input on Ctrl-C anyway).
     """
 
-    def __init__(self, targets: Iterable[Target], depth: int = READ_AHEAD) -> None:
+    def __init__(self, targets: Iterable[Target], depth: int = READ_AHEAD, *, until_end: bool = True) -> None:
         super().__init__(())
         self._depth = depth
+        self._until_end = until_end
         # Appends and pops of a deque are atomic: the lock is taken only to wait for room.
         self._buffer: deque[Target | _End] = deque()
         self._room = threading.Condition()
@@ -97,6 +103,10 @@ class ReadAhead(Feed):
         return item
 
     def rest(self) -> Iterator[Target]:
+        if not self._until_end:
+            self.close()
+            yield from super().rest()
+            return
         while not self.exhausted:
             # Cleared before looking: an arrival after an empty look sets it again.
             self._arrived.clear()

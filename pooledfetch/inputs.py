@@ -119,6 +119,11 @@ class Input:
         return any(_streams(path) for path in self.paths)
 
     @property
+    def interactive(self) -> bool:
+        """True when stdin is an input and a terminal: its lines come as someone types them."""
+        return STDIN in self.paths and sys.stdin is not None and sys.stdin.isatty()
+
+    @property
     def names(self) -> tuple[str, ...]:
         """The input's column names as the exports write them (none for a plain list)."""
         return export_names(self.header)

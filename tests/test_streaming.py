@@ -5,6 +5,8 @@ an input on a thread of its own."""
 from __future__ import annotations
 
 import json
+import os
+import pty
 import signal
 import subprocess
 import threading
@@ -129,6 +131,39 @@ def test_ctrl_c_with_the_input_still_open_gives_every_line_a_row(
     assert len(server.requests) == 2  # nothing was sent after the signal
 
 
+def test_ctrl_c_with_urls_typed_at_a_terminal_does_not_wait_for_ctrl_d(
+    hostile_server: Callable[..., HostileServer], tmp_path: Path
+) -> None:
+    """A terminal's input ends only with Ctrl-D: the lines typed so far get their rows, and the
+    run ends without waiting for more."""
+    server = hostile_server()
+    export = tmp_path / "out.jsonl"
+    leader, follower = pty.openpty()
+    try:
+        process = subprocess.Popen(
+            [cli_command(), "-", "--no-live", "--retries", "0", "-o", str(export)],
+            stdin=follower,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            env=offline_env(tmp_path),
+            start_new_session=True,
+        )
+        try:
+            os.write(leader, f"{server.url('ok')}\n{server.url('silent')}\n".encode())
+            wait_until(lambda: len(server.requests) == 2, what="both typed URLs on the wire")
+            process.send_signal(signal.SIGINT)
+            assert process.wait(DEFAULT_GRACE_SECONDS + 5) == ExitCode.INTERRUPTED
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+    finally:
+        os.close(leader)
+        os.close(follower)
+    errors = [json.loads(line)["error"] for line in export.read_text(encoding="utf-8").splitlines()]
+    assert sorted(errors) == ["", rc.INTERRUPTED]
+
+
 # --- ReadAhead --------------------------------------------------------------------------------------------------
 
 
@@ -211,6 +246,20 @@ def test_an_input_error_is_raised_by_the_take_that_reaches_it() -> None:
                 taken.append(target.index)
     assert taken == [0, 1, 2]
     assert feed.exhausted
+
+
+@pytest.mark.timeout(20)
+def test_a_read_ahead_not_waiting_for_the_end_gives_the_rest_read_so_far() -> None:
+    gate = threading.Event()
+
+    def typed() -> Iterator[Target]:
+        yield from targets(2)
+        gate.wait()  # nothing more is typed
+
+    feed = ReadAhead(typed(), until_end=False)
+    wait_until(lambda: len(feed._buffer) == 2, what="the typed lines read")
+    assert [target.index for target in feed.rest()] == [0, 1]
+    gate.set()
 
 
 @pytest.mark.timeout(20)
