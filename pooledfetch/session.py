@@ -167,7 +167,10 @@ def _load_netrc() -> netrc.netrc | None:
 
 
 class _SharedTlsAdapter(HTTPAdapter):
-    """An HTTPAdapter whose pools, proxied ones included, share one TLS context (pooledfetch.tls)."""
+    """An HTTPAdapter whose pools, proxied ones included, share one TLS context (pooledfetch.tls)
+    and are built from the run's pool classes (pooledfetch.pools), so a proxied connection is
+    accounted (opened, reused, time to connect) and budgeted like any other.
+    """
 
     def __init__(self, tls: SharedContext, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -178,6 +181,18 @@ class _SharedTlsAdapter(HTTPAdapter):
     ) -> tuple[dict[str, Any], dict[str, Any]]:
         host, settings = super().build_connection_pool_key_attributes(request, verify, cert)
         return host, self.tls.pool_settings(settings, host["scheme"])
+
+    def proxy_manager_for(self, proxy: str, **proxy_kwargs: Any) -> Any:
+        manager = super().proxy_manager_for(proxy, **proxy_kwargs)
+        # A SOCKS manager's pools make SOCKS connections of their own: those keep urllib3's classes.
+        if not proxy.lower().startswith("socks"):
+            manager.pool_classes_by_scheme = self.poolmanager.pool_classes_by_scheme
+        return manager
+
+    def pool_count(self) -> int:
+        """The pools kept, one per origin (a proxy's tunnels and the proxy itself included)."""
+        # list(): another thread may be adding a proxy manager (a dict copy holds the GIL throughout).
+        return len(self.poolmanager.pools) + sum(len(manager.pools) for manager in list(self.proxy_manager.values()))
 
 
 class Transport:
@@ -202,9 +217,8 @@ class Transport:
             pool_block=config.pool_block,
         )
         # The connect timeout also bounds the wait for a free pooled connection.
-        manager = self.adapter.poolmanager
         self.budget = ConnectionBudget(
-            config.workers, hosts=lambda: len(manager.pools), limit=config.workers + config.pool_connections
+            config.workers, hosts=self.adapter.pool_count, limit=config.workers + config.pool_connections
         )
         self.adapter.poolmanager.pool_classes_by_scheme = pool_classes(
             config.connect_timeout, self.accounting, self.deadlines, self.budget

@@ -24,7 +24,9 @@ from werkzeug import Request, Response
 from pooledfetch import FetchConfig, fetch_all
 from pooledfetch.cli import cli
 from pooledfetch.configfile import load_defaults
+from pooledfetch.engine import RunProgress, run
 from pooledfetch.errors import ExitCode
+from pooledfetch.sources import iter_targets
 
 
 def _recording(httpserver: HTTPServer) -> list[Request]:
@@ -292,6 +294,25 @@ def test_https_through_a_proxy_tunnel_verifies_with_the_run_s_one_tls_context(
     rows = sorted(fetch_all(urls, config), key=lambda row: row.index)
     assert [(row.status, row.error) for row in rows] == [(200, ""), (200, "")]
     assert proxy.targets == [f"{LOOPBACK}:{port}", f"localhost:{port}"]
+
+
+@pytest.mark.parametrize("scheme", ["http", "https"])
+def test_connections_through_a_proxy_are_accounted_like_direct_ones(
+    proxy: _RecordingProxy, https_server: TLSDemoServer, httpserver: HTTPServer, ca_pem: str, scheme: str
+) -> None:
+    """Plain HTTP goes to the proxy itself; HTTPS through a tunnel per origin. Either way each
+    row says whether its connection was new or reused, and the run counts what was opened."""
+    httpserver.expect_request("/get").respond_with_data("ok")
+    base = httpserver.url_for("/get") if scheme == "http" else f"{https_server.base_url}/get"
+    config = FetchConfig(proxy=proxy.url, ca_bundle=ca_pem, workers=1, retries=0)
+    progress = RunProgress()
+    rows = sorted(run(iter_targets([base] * 3, config), config, progress=progress), key=lambda row: row.index)
+    assert [(row.status, row.conn_reused) for row in rows] == [(200, False), (200, True), (200, True)]
+    assert rows[0].connect_ms is not None and rows[0].connect_ms > 0
+    assert rows[1].connect_ms == 0.0
+    assert progress.accounting.connections_opened == 1
+    assert progress.accounting.requests_sent == 3
+    assert len(proxy.targets) == (3 if scheme == "http" else 1)  # one tunnel, three requests in it
 
 
 def test_proxy_option_sends_every_request_through_the_proxy(
