@@ -381,12 +381,12 @@ def _consume(
         targets = with_conditions(targets, changes.validators, need_saved_file=config.save_dir is not None)
     if count is not None:
         outputs.view.set_total(count)
-    if cluster_client is None:
-        if source.streams:
-            from pooledfetch.feed import ReadAhead
+    if source.streams:
+        from pooledfetch.feed import ReadAhead
 
-            # Rows of finished URLs go out while a pipe or terminal waits for its next line.
-            targets = ReadAhead(targets, until_end=not source.interactive)
+        # Rows of finished URLs go out while a pipe or terminal waits for its next line.
+        targets = ReadAhead(targets, until_end=not source.interactive)
+    if cluster_client is None:
         results = run(targets, config, cancel=cancel, progress=progress, idle=outputs.flush)
     else:
         from pooledfetch.cluster import run_on_cluster

@@ -34,6 +34,7 @@ from pooledfetch import results as rc
 from pooledfetch.config import FetchConfig
 from pooledfetch.engine import DEFAULT_GRACE_SECONDS, KeepOrder, RunProgress, error_result, run
 from pooledfetch.errors import ClusterError, ConfigError
+from pooledfetch.feed import Feed
 from pooledfetch.limits import MAX_TRACKED_HOSTS, WINDOW, Limiter, host_key
 from pooledfetch.pools import PoolAccounting, PoolFigures
 from pooledfetch.results import Result
@@ -245,13 +246,15 @@ class _Dispatch:
         # that the window still spans a chunk for every slot and the chunk per process read ahead.
         self.keeper = KeepOrder(config.reorder_window) if config.keep_order else None
         if self.keeper is not None:
-            targets = self.keeper.taken(targets)
             size = min(size, max(1, config.reorder_window // (self._max_in_flight + processes)))
         self._invalid: deque[Target] = deque()
-        valid = self._valid_only(targets)
+        self._feed = _Fetchable(targets if isinstance(targets, Feed) else Feed(targets), self.keeper, self._invalid)
+        # Set when a target arrives from an input that made the client wait (a pipe).
+        self._arrived = threading.Event()
+        self._feed.on_arrival(self._arrived.set)
         by_host = config.per_host_concurrency is not None or config.per_host_rate is not None or config.pause_hosts
         self._chunks: _HostChunks | _InputChunks = (
-            _HostChunks(valid, size) if by_host else _InputChunks(valid, size, processes, config.workers)
+            _HostChunks(self._feed, size) if by_host else _InputChunks(self._feed, size, processes, config.workers)
         )
         self._in_flight: dict[distributed.Future[ChunkDone], _Sent] = {}
         self._holds: dict[str, float] = {}
@@ -262,14 +265,6 @@ class _Dispatch:
         self._cancel_event = distributed.Event(_cancel_event_name(self._run_id), client=client)
         # Re-registering replaces the plugin on every worker; the Transports it closes reopen on use.
         client.register_plugin(TransportPlugin())
-
-    def _valid_only(self, targets: Iterable[Target]) -> Iterator[Target]:
-        """The targets to fetch; invalid lines are set aside to get their rows on the client."""
-        for target in targets:
-            if target.url is None:
-                self._invalid.append(target)
-            else:
-                yield target
 
     def run(self, cancel: threading.Event) -> Generator[Result, None, None]:
         lost: str | None = None
@@ -330,6 +325,9 @@ class _Dispatch:
                 if self._idle is not None:
                     self._idle()
                 return
+            if self._arrived.is_set():
+                self._arrived.clear()
+                return  # a target to send
             time.sleep(_DONE_POLL_SECONDS)
         for future in done:
             yield from self._rows_of(future)
@@ -424,6 +422,7 @@ class _Dispatch:
     def _finish(self) -> None:
         """Forget the chunks still out (an abandoned run: the scheduler lost, a second Ctrl-C, the
         consumer gone), stopping any still running, and release every marker left."""
+        self._feed.close()
         futures = list(self._in_flight)
         self._in_flight.clear()
         self._count_in_flight()
@@ -460,38 +459,73 @@ def _message(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
 
 
+class _Fetchable(Feed):
+    """The targets of `feed` that have a URL, each counted in the keeper's window (if any) as it
+    is taken; the others are set aside in `invalid`, to get their rows on the client."""
+
+    def __init__(self, feed: Feed, keeper: KeepOrder | None, invalid: deque[Target]) -> None:
+        super().__init__(())
+        self._feed = feed
+        self._keeper = keeper
+        self._invalid = invalid
+
+    @property
+    def exhausted(self) -> bool:
+        return self._feed.exhausted
+
+    def take(self) -> Target | None:
+        while (target := self._feed.take()) is not None:
+            if self._fetchable(target):
+                return target
+        return None
+
+    def rest(self) -> Iterator[Target]:
+        return (target for target in self._feed.rest() if self._fetchable(target))
+
+    def on_arrival(self, wake: Callable[[], None]) -> None:
+        self._feed.on_arrival(wake)
+
+    def close(self) -> None:
+        self._feed.close()
+
+    def _fetchable(self, target: Target) -> bool:
+        if self._keeper is not None:
+            self._keeper.note(target)
+        if target.url is None:
+            self._invalid.append(target)
+            return False
+        return True
+
+
 class _InputChunks:
     """The input cut in order into chunks of `size`, smaller towards its end.
 
     The last chunks decide when a run ends: a process handed a whole chunk while the others run
     out of work finishes it alone. So the input is read a chunk per process ahead, and once its
     end is in sight each chunk takes a share of what is left (guided self-scheduling), down to
-    `smallest`: the processes run out of work at about the same time.
+    `smallest`: the processes run out of work at about the same time. An input that keeps the
+    client waiting (a pipe) is sent on in chunks of what has come.
     """
 
-    def __init__(self, targets: Iterable[Target], size: int, processes: int, smallest: int) -> None:
-        self._source = iter(targets)
+    def __init__(self, feed: Feed, size: int, processes: int, smallest: int) -> None:
+        self._feed = feed
         self._size = size
         self._shares = 2 * processes
         self._smallest = min(size, smallest)
         self._lookahead = size * processes
         self._ahead: deque[Target] = deque()
-        self._ended = False
 
     @property
     def exhausted(self) -> bool:
-        if not self._ended and len(self._ahead) < self._lookahead:
-            wanted = self._lookahead - len(self._ahead)
-            read = list(itertools.islice(self._source, wanted))
-            self._ahead.extend(read)
-            self._ended = len(read) < wanted
-        return not self._ahead
+        self._fill()
+        return not self._ahead and self._feed.exhausted
 
     def next_chunk(self) -> tuple[str | None, list[Target]] | None:
-        if self.exhausted:
+        self._fill()
+        if not self._ahead:
             return None
         size = self._size
-        if self._ended:
+        if self._feed.exhausted:
             size = min(size, max(self._smallest, -(-len(self._ahead) // self._shares)))
         return None, [self._ahead.popleft() for _ in range(min(size, len(self._ahead)))]
 
@@ -501,7 +535,11 @@ class _InputChunks:
     def drain(self) -> Iterator[Target]:
         while self._ahead:
             yield self._ahead.popleft()
-        yield from self._source
+        yield from self._feed.rest()
+
+    def _fill(self) -> None:
+        while len(self._ahead) < self._lookahead and (target := self._feed.take()) is not None:
+            self._ahead.append(target)
 
 
 class _HostChunks:
@@ -512,8 +550,8 @@ class _HostChunks:
     targets) is read and grouped by host, as limits.HostWindow does for threads.
     """
 
-    def __init__(self, targets: Iterable[Target], size: int, window: int = WINDOW) -> None:
-        self._source: Iterator[Target] | None = iter(targets)
+    def __init__(self, feed: Feed, size: int, window: int = WINDOW) -> None:
+        self._feed: Feed | None = feed
         self._size = size
         self._window = max(window, size)
         self._buffered = 0
@@ -523,7 +561,7 @@ class _HostChunks:
     @property
     def exhausted(self) -> bool:
         self._fill()
-        return not self._queues
+        return not self._queues and self._feed is None
 
     def next_chunk(self) -> tuple[str | None, list[Target]] | None:
         self._fill()
@@ -549,15 +587,16 @@ class _HostChunks:
             yield from queue
         self._queues.clear()
         self._buffered = 0
-        source, self._source = self._source, None
-        if source is not None:
-            yield from source
+        feed, self._feed = self._feed, None
+        if feed is not None:
+            yield from feed.rest()
 
     def _fill(self) -> None:
-        while self._source is not None and self._buffered < self._window:
-            target = next(self._source, None)
+        while self._feed is not None and self._buffered < self._window:
+            target = self._feed.take()
             if target is None:
-                self._source = None
+                if self._feed.exhausted:
+                    self._feed = None
                 return
             assert target.url is not None
             host = host_key(target.url)

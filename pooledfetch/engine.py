@@ -260,11 +260,6 @@ class KeepOrder:
     def full(self) -> bool:
         return len(self._order) >= self._window
 
-    def taken(self, targets: Iterable[Target]) -> Iterator[Target]:
-        for target in targets:
-            self.note(target)
-            yield target
-
     def note(self, target: Target) -> None:
         """`target` is taken from the input: its result is released after those taken before it."""
         self._order.append(target.index)

@@ -30,12 +30,16 @@ class Feed:
 
     def __init__(self, targets: Iterable[Target]) -> None:
         self._targets = iter(targets)
-        self.exhausted = False
+        self._ended = False
+
+    @property
+    def exhausted(self) -> bool:
+        return self._ended
 
     def take(self) -> Target | None:
         target = next(self._targets, None)
         if target is None:
-            self.exhausted = True
+            self._ended = True
         return target
 
     def rest(self) -> Iterator[Target]:
@@ -96,7 +100,7 @@ class ReadAhead(Feed):
             with self._room:
                 self._room.notify()
         if isinstance(item, _End):
-            self.exhausted = True
+            self._ended = True
             if item.error is not None:
                 raise item.error
             return None

@@ -38,6 +38,7 @@ from pooledfetch.config import FetchConfig
 from pooledfetch.demo import DemoServer
 from pooledfetch.engine import DEFAULT_GRACE_SECONDS, fetch_all
 from pooledfetch.errors import ExitCode
+from pooledfetch.feed import Feed, ReadAhead
 from pooledfetch.limits import Limiter
 from pooledfetch.results import Result
 from pooledfetch.sources import Target, iter_targets
@@ -102,6 +103,29 @@ def test_keep_order_on_a_cluster_gives_input_order_with_a_bounded_window(
     assert first.index == 0 and first.status == 200
     assert demo_server.requests - before <= 16
     assert [row.index for row in rows] == list(range(1, len(lines)))
+
+
+def test_a_piped_input_is_sent_on_in_chunks_of_what_has_come(dask_client: Any, demo_server: DemoServer) -> None:
+    """A chunk does not wait to fill (512 URLs) while the input waits for its next line."""
+    more = threading.Event()
+
+    def piped() -> Iterator[str]:
+        yield f"{demo_server.base_url}/get?line=0"
+        more.wait()
+        yield f"{demo_server.base_url}/get?line=1"
+
+    config = FetchConfig(workers=2)
+    opener = threading.Timer(15, more.set)
+    opener.start()
+    try:
+        rows = cluster.run_on_cluster(ReadAhead(iter_targets(piped(), config)), config, dask_client)
+        first = next(rows)
+        assert not more.is_set(), "the first row waited for the next line"
+        assert (first.index, first.status) == (0, 200)
+        more.set()
+        assert [(row.index, row.status) for row in rows] == [(1, 200)]
+    finally:
+        opener.cancel()
 
 
 def test_fetch_all_takes_a_client(dask_client: Any, demo_server: DemoServer) -> None:
@@ -217,7 +241,7 @@ def _targets(hosts: str) -> list[Target]:
 
 
 def test_host_chunks_keep_one_chunk_per_host_in_flight() -> None:
-    chunks = cluster._HostChunks(_targets("aaaaabbbc"), size=2)
+    chunks = cluster._HostChunks(Feed(_targets("aaaaabbbc")), size=2)
     taken = [chunks.next_chunk() for _ in range(4)]
     assert [(host, [t.index for t in targets]) for host, targets in taken[:3]] == [  # type: ignore[misc]
         ("a.test", [0, 1]),
@@ -242,7 +266,7 @@ def test_input_chunks_shrink_towards_the_end_and_read_a_chunk_per_process_ahead(
             yield target
 
     targets = _targets("a" * 1000)
-    chunks = cluster._InputChunks(counted(targets), size=100, processes=2, smallest=10)
+    chunks = cluster._InputChunks(Feed(counted(targets)), size=100, processes=2, smallest=10)
     taken = []
     while (chunk := chunks.next_chunk()) is not None:
         taken.append(chunk[1])

@@ -82,12 +82,14 @@ def piped(tmp_path: Path) -> Iterator[Callable[..., PipedRun]]:
         if run.process.poll() is None:
             run.process.kill()
             run.process.wait()
+        if run.process.stdin is not None and not run.process.stdin.closed:
+            run.process.stdin.close()
 
 
 @pytest.mark.parametrize(
     "args",
-    [(), ("--keep-order",), ("--per-host-concurrency", "2")],
-    ids=["input-order", "keep-order", "host-window"],
+    [(), ("--keep-order",), ("--per-host-concurrency", "2"), ("--processes", "2", "-w", "2")],
+    ids=["input-order", "keep-order", "host-window", "cluster"],
 )
 def test_a_row_goes_out_before_the_next_line_arrives(
     hostile_server: Callable[..., HostileServer], piped: Callable[..., PipedRun], args: tuple[str, ...]
