@@ -9,6 +9,8 @@ from dataclasses import dataclass, fields
 import requests.exceptions as rex
 import urllib3.exceptions as uex
 
+from pooledfetch.records import pickled_as_tuple
+
 # Short, stable error classes: scripts match on these, so never rename one.
 INVALID_URL = "invalid_url"
 DNS = "dns"
@@ -37,6 +39,7 @@ _OBJECT_REPR = re.compile(r"<[^<>]* at 0x[0-9a-f]+>:?\s*")
 _POOL_PREFIX = re.compile(r"^\w+\(host=[^)]*\):\s*")
 
 
+@pickled_as_tuple
 @dataclass(frozen=True, slots=True)
 class Result:
     """One row per input URL line. The export schema is this field list, in this order."""

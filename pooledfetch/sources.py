@@ -13,6 +13,7 @@ from urllib.parse import urljoin, urlsplit
 
 from pooledfetch.config import FETCHABLE_SCHEMES, FetchConfig
 from pooledfetch.errors import InputError
+from pooledfetch.records import pickled_as_tuple
 
 STDIN = "-"
 # A line longer than this is not a URL anyone meant; reading it whole could exhaust memory.
@@ -28,6 +29,7 @@ _OVERLONG_PREFIX = 200
 _BAD_HOST_CHAR = re.compile(r"[\s<>\"{}|\\^`!$&'()*+,;=]")
 
 
+@pickled_as_tuple
 @dataclass(frozen=True, slots=True)
 class Target:
     """One URL line: either a URL to fetch or the reason it cannot be fetched.

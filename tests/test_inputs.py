@@ -235,10 +235,10 @@ def test_progress_total_counts_data_rows_not_lines(tmp_path: Path) -> None:
 
 def test_input_rows_survive_pickling() -> None:
     # A cluster sends Targets to worker processes and gets Results back.
-    target = Target(3, "http://a.test/", "http://a.test/", None, input_row=("x", 1, None, ["y"]))
-    result = make_result(input_row=target.input_row)
+    target = Target(3, "http://a.test/", "http://a.test/", None, (("If-None-Match", '"v1"'),), ("x", 1, None, ["y"]))
+    result = make_result(input_row=target.input_row, worker="tcp://127.0.0.1:1", etag='"v2"', conn_reused=True)
     assert pickle.loads(pickle.dumps(target)) == target
-    assert pickle.loads(pickle.dumps(result)).input_row == ("x", 1, None, ["y"])
+    assert pickle.loads(pickle.dumps(result)) == result
 
 
 def test_dedupe_on_a_table_skips_repeated_urls(tmp_path: Path) -> None:
