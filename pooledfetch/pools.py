@@ -23,6 +23,8 @@ from urllib3.exceptions import HTTPError
 from urllib3.response import BaseHTTPResponse
 from urllib3.util.connection import is_connection_dropped
 
+from pooledfetch.headers import FastHeadersResponse
+
 if TYPE_CHECKING:
     from urllib3._base_connection import BaseHTTPConnection
 
@@ -279,6 +281,7 @@ class ConnectionBudget:
 class _AccountedConnection(HTTPConnection):
     """Times `connect()` (TCP plus TLS for https) and counts the requests sent on each socket."""
 
+    response_class = FastHeadersResponse
     accounting: PoolAccounting
     deadlines: Deadlines
     budget: ConnectionBudget
