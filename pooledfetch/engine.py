@@ -120,13 +120,19 @@ def run(
     owned.callback(feed.close)
     # In input order, targets go out as they come: a host window would reorder them.
     window = _host_window(feed, config, limiter) if keeper is None else None
-    flight = _InFlight(progress, idle) if window is None else _FairInFlight(progress, idle, window)
-    feed.on_arrival(flight.wake)
     if executor is None:
         executor = ThreadPoolExecutor(config.workers, thread_name_prefix="pooledfetch")
         owned.callback(executor.shutdown, wait=False, cancel_futures=True)
-    for _ in range(config.workers):
-        executor.submit(_work, transport, flight.inbox, flight.outbox, abandon, limiter)
+
+    def start_loop(inbox: _Inbox, outbox: _Outbox) -> None:
+        executor.submit(_work, transport, abandon, limiter, inbox, outbox)
+
+    flight = (
+        _InFlight(progress, idle, start_loop, config.workers)
+        if window is None
+        else _FairInFlight(progress, idle, start_loop, config.workers, window)
+    )
+    feed.on_arrival(flight.wake)
     try:
         source = window or _InputOrder(feed, keeper)
         results = _stages(source, flight, config, cancel, limiter, keeper, abandon, grace_seconds)
@@ -135,7 +141,7 @@ def run(
         if limiter is not None:
             limiter.stop()
         abandon.set()
-        flight.close(config.workers)
+        flight.close()
         owned.close()
 
 
@@ -154,7 +160,7 @@ def _stages(
         # Every target is handed out: a worker loop that finds the inbox empty now ends, and
         # its thread of a shared executor is free for the next run's loops (a Dask worker
         # overlaps the next chunk with this one's tail).
-        flight.close(config.workers)
+        flight.close()
     while flight.pending and not cancel.is_set():
         yield from flight.collect(_POLL_SECONDS)
     if flight.pending:
@@ -272,14 +278,17 @@ class KeepOrder:
 
 
 _Job = tuple[int, Target]
+_Inbox = SimpleQueue[_Job | None]
+# None in the outbox wakes the consuming thread for a target the input has just given.
+_Outbox = SimpleQueue[tuple[int, Result] | None]
 
 
 def _work(
     transport: Transport,
-    inbox: SimpleQueue[_Job | None],
-    outbox: SimpleQueue[tuple[int, Result] | None],
     abandon: threading.Event,
-    limiter: Limiter | None = None,
+    limiter: Limiter | None,
+    inbox: _Inbox,
+    outbox: _Outbox,
 ) -> None:
     """One worker thread's loop: fetch targets from the inbox until told to stop."""
     while (job := inbox.get()) is not None:
@@ -301,21 +310,29 @@ class _InFlight:
     with every worker, so its per-URL cost is the pipeline's ceiling.
     """
 
-    def __init__(self, progress: RunProgress, idle: Callable[[], None] | None) -> None:
+    def __init__(
+        self,
+        progress: RunProgress,
+        idle: Callable[[], None] | None,
+        start_loop: Callable[[_Inbox, _Outbox], None],
+        most_loops: int,
+    ) -> None:
         self.pending: dict[int, Target] = {}
-        self.inbox: SimpleQueue[_Job | None] = SimpleQueue()
-        # None in the outbox wakes the consuming thread for a target the input has just given.
-        self.outbox: SimpleQueue[tuple[int, Result] | None] = SimpleQueue()
+        self.inbox: _Inbox = SimpleQueue()
+        self.outbox: _Outbox = SimpleQueue()
         self._tokens = itertools.count()
         self._progress = progress
         self._idle = idle
+        self._start_loop = start_loop
+        self._most_loops = most_loops
+        self._loops = 0
         self._closed = False
 
-    def close(self, loops: int) -> None:
+    def close(self) -> None:
         """Tell the worker loops to end once they find the inbox empty (nothing more comes)."""
         if not self._closed:
             self._closed = True
-            for _ in range(loops):
+            for _ in range(self._loops):
                 self.inbox.put(None)
 
     def submit(self, target: Target) -> None:
@@ -323,6 +340,12 @@ class _InFlight:
         self.pending[token] = target
         self._progress.in_flight = len(self.pending)
         self.inbox.put((token, target))
+        # A worker loop starts when there are more targets out than loops to take them: the first
+        # URL leaves as its thread starts, not once every worker's has (50 take ~7 ms), and a
+        # short or slow input starts no more threads than it keeps busy.
+        if len(self.pending) > self._loops < self._most_loops:
+            self._start_loop(self.inbox, self.outbox)
+            self._loops += 1
 
     def wake(self) -> None:
         """End a wait in `collect` early (called from any thread)."""
@@ -375,8 +398,15 @@ class _InFlight:
 class _FairInFlight(_InFlight):
     """_InFlight that keeps a HostWindow's per-host in-flight counts."""
 
-    def __init__(self, progress: RunProgress, idle: Callable[[], None] | None, window: HostWindow) -> None:
-        super().__init__(progress, idle)
+    def __init__(
+        self,
+        progress: RunProgress,
+        idle: Callable[[], None] | None,
+        start_loop: Callable[[_Inbox, _Outbox], None],
+        most_loops: int,
+        window: HostWindow,
+    ) -> None:
+        super().__init__(progress, idle, start_loop, most_loops)
         self._window = window
 
     def submit(self, target: Target) -> None:

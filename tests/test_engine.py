@@ -638,3 +638,16 @@ def test_cancel_before_start_sends_nothing(demo_server: DemoServer) -> None:
     assert sorted(r.index for r in results) == list(range(11))
     assert {r.error for r in results} == {rc.CANCELLED}
     assert demo_server.requests == 0
+
+
+def test_a_short_input_starts_no_more_worker_threads_than_it_keeps_busy(demo_server: DemoServer) -> None:
+    """Worker loops start as targets go out: three URLs at -w 50 take three threads, not fifty."""
+    config = FetchConfig(workers=50)
+    executor = ThreadPoolExecutor(config.workers)
+    try:
+        urls = [f"{demo_server.base_url}/get?i={i}" for i in range(3)]
+        rows = list(run(iter_targets(urls, config), config, executor=executor))
+        assert sorted(row.status for row in rows) == [200, 200, 200]
+        assert 1 <= len(executor._threads) <= 3
+    finally:
+        executor.shutdown()
