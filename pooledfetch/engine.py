@@ -127,11 +127,7 @@ def run(
     def start_loop(inbox: _Inbox, outbox: _Outbox) -> None:
         executor.submit(_work, transport, abandon, limiter, inbox, outbox)
 
-    flight = (
-        _InFlight(progress, idle, start_loop, config.workers)
-        if window is None
-        else _FairInFlight(progress, idle, start_loop, config.workers, window)
-    )
+    flight = _InFlight(progress, idle, start_loop, config.workers, window)
     feed.on_arrival(flight.wake)
     try:
         source = window or _InputOrder(feed, keeper)
@@ -303,7 +299,8 @@ def _work(
 
 
 class _InFlight:
-    """Targets handed to the workers and not yet consumed.
+    """Targets handed to the workers and not yet consumed (and, with a host window, its
+    per-host in-flight counts kept).
 
     Long-lived worker loops fed by queues cost far less per URL than a Future per URL
     (a Condition, a lock and a waiter list each): the consuming thread shares the GIL
@@ -316,6 +313,7 @@ class _InFlight:
         idle: Callable[[], None] | None,
         start_loop: Callable[[_Inbox, _Outbox], None],
         most_loops: int,
+        window: HostWindow | None,
     ) -> None:
         self.pending: dict[int, Target] = {}
         self.inbox: _Inbox = SimpleQueue()
@@ -327,6 +325,7 @@ class _InFlight:
         self._most_loops = most_loops
         self._loops = 0
         self._closed = False
+        self._window = window
 
     def close(self) -> None:
         """Tell the worker loops to end once they find the inbox empty (nothing more comes)."""
@@ -340,6 +339,8 @@ class _InFlight:
         self.pending[token] = target
         self._progress.in_flight = len(self.pending)
         self.inbox.put((token, target))
+        if self._window is not None:
+            self._window.started(target)
         # A worker loop starts when there are more targets out than loops to take them: the first
         # URL leaves as its thread starts, not once every worker's has (50 take ~7 ms), and a
         # short or slow input starts no more threads than it keeps busy.
@@ -364,6 +365,8 @@ class _InFlight:
             # A result for a target already given a row (abandoned after the grace period) is dropped.
             if done is not None and self.pending.pop(done[0], None) is not None:
                 self._progress.in_flight = len(self.pending)
+                if self._window is not None:
+                    self._window.finished(done[1].index)
                 yield done[1]
             try:
                 done = self.outbox.get_nowait()
@@ -393,30 +396,6 @@ class _InFlight:
         self.pending.clear()
         self._progress.in_flight = 0
         return targets
-
-
-class _FairInFlight(_InFlight):
-    """_InFlight that keeps a HostWindow's per-host in-flight counts."""
-
-    def __init__(
-        self,
-        progress: RunProgress,
-        idle: Callable[[], None] | None,
-        start_loop: Callable[[_Inbox, _Outbox], None],
-        most_loops: int,
-        window: HostWindow,
-    ) -> None:
-        super().__init__(progress, idle, start_loop, most_loops)
-        self._window = window
-
-    def submit(self, target: Target) -> None:
-        super().submit(target)
-        self._window.started(target)
-
-    def collect(self, timeout: float) -> Iterator[Result]:
-        for result in super().collect(timeout):
-            self._window.finished(result.index)
-            yield result
 
 
 def _wind_down(
