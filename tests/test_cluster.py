@@ -255,6 +255,35 @@ def test_host_chunks_keep_one_chunk_per_host_in_flight() -> None:
     assert chunks.exhausted
 
 
+@pytest.mark.timeout(20)
+@pytest.mark.parametrize("by_host", [False, True], ids=["input-chunks", "host-chunks"])
+def test_chunks_of_a_waiting_input_are_cut_from_what_has_come(by_host: bool) -> None:
+    more = threading.Event()
+
+    def piped() -> Iterator[Target]:
+        yield from _targets("ab")
+        more.wait()
+        yield from _targets("abab")[2:]
+
+    feed = ReadAhead(piped())
+    chunks = cluster._HostChunks(feed, size=512) if by_host else cluster._InputChunks(feed, 512, 2, 25)
+    wait_until(lambda: len(feed._buffer) == 2, what="the first two lines read")
+    taken = []
+    while (chunk := chunks.next_chunk()) is not None:
+        taken.append([target.index for target in chunk[1]])
+        chunks.finished(chunk[0])
+    assert taken == ([[0], [1]] if by_host else [[0, 1]])
+    assert not chunks.exhausted
+    more.set()
+    wait_until(lambda: len(feed._buffer) == 3, what="the rest of the input and its end")
+    rest = []
+    while not chunks.exhausted:
+        if (chunk := chunks.next_chunk()) is not None:
+            rest.extend(target.index for target in chunk[1])
+            chunks.finished(chunk[0])
+    assert sorted(rest) == [2, 3]
+
+
 def test_input_chunks_shrink_towards_the_end_and_read_a_chunk_per_process_ahead() -> None:
     """So that the processes run out of work together, not one finishing a whole chunk alone."""
     read = 0
