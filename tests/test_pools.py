@@ -82,8 +82,9 @@ def test_hosts_in_rotation_open_about_workers_plus_hosts_connections(four_hosts:
     progress = RunProgress()
     results = list(run(iter_targets(_round_robin(four_hosts, 800, seed), config), config, progress=progress))
     assert len(results) == 800 and all(result.ok for result in results)
-    # 8 + 4 = 12, and a little room for threads that decide at the same moment (~20 without it).
-    assert sum(server.connections for server in four_hosts) == progress.accounting.connections_opened <= 14
+    # 8 + 4 = 12, and room for the budget's soft edge: 12-14 on an idle machine, 15 once in a
+    # loaded CI run; 18-22 without the budget.
+    assert sum(server.connections for server in four_hosts) == progress.accounting.connections_opened <= 16
 
 
 def test_the_budget_and_every_pool_slot_are_given_back(four_hosts: list[DemoServer]) -> None:
