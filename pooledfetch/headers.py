@@ -2,8 +2,8 @@
 
 http.client hands each response's header block to the email package's FeedParser, which builds
 a Message one line at a time through several layers of Python. On one host with 50 threads that
-parser was the largest single cost of a request: a run of 10,000 URLs took 3.85 s with it and
-3.38 s without it (user CPU 2.9 s against 2.5 s).
+parser was the largest single cost of a request: a run of 10,000 URLs took 3.95 s with it and
+3.54 s without it (user CPU 3.0 s against 2.6 s).
 
 A block whose every line is `name:value` (a name of the characters the email package accepts
 in one, no CR or LF but the line's own ending, no continuation line) becomes here the same
