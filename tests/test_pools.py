@@ -82,7 +82,7 @@ def test_hosts_in_rotation_open_about_workers_plus_hosts_connections(four_hosts:
     progress = RunProgress()
     results = list(run(iter_targets(_round_robin(four_hosts, 800, seed), config), config, progress=progress))
     assert len(results) == 800 and all(result.ok for result in results)
-    # 8 + 4 = 12, and room for the budget's soft edge: 12-14 on an idle machine, 15 once in a
+    # 8 + 4 = 12, and room for the budget's soft edge: 11-14 on an idle machine, 15 once in a
     # loaded CI run; 18-22 without the budget.
     assert sum(server.connections for server in four_hosts) == progress.accounting.connections_opened <= 16
 
