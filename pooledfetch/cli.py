@@ -6,6 +6,7 @@ Heavy modules (requests, urllib3, the demo server) are imported inside the comma
 
 from __future__ import annotations
 
+import gc
 import os
 import signal
 import sys
@@ -424,4 +425,7 @@ def main() -> None:
             sys.stdout.flush()
             sys.stderr.flush()
             os._exit(exit_.code if isinstance(exit_.code, int) else ExitCode.SOME_FAILED)
+        # What is left dies with the process: frozen, it is not walked by the interpreter's last
+        # collections (with Dask loaded, a cluster run's exit took ~85 ms, ~25 ms frozen).
+        gc.freeze()
         raise
