@@ -12,7 +12,7 @@ import signal
 import sys
 import threading
 from collections.abc import Iterable, Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, closing, contextmanager
 from dataclasses import dataclass
 from types import FrameType
 from typing import TYPE_CHECKING, Any, NoReturn
@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from pooledfetch.live import LiveView
     from pooledfetch.plain import PlainLines
     from pooledfetch.resume import ResumeState
+    from pooledfetch.session import Transport
     from pooledfetch.sink import NullView, Sink
     from pooledfetch.sources import Target
     from pooledfetch.stats import RunStats
@@ -103,12 +104,14 @@ def _run(options: dict[str, Any]) -> ExitCode:
     from pooledfetch.errors import ConfigError
     from pooledfetch.export import open_exporter
     from pooledfetch.inputs import Input
+    from pooledfetch.session import Transport
     from pooledfetch.stats import RunStats
 
     inputs: tuple[str, ...] = options["inputs"]
     if options["processes"] is not None and options["dask_scheduler"] is not None:
         raise click.UsageError("use --processes (a cluster on this machine) or --dask-scheduler, not both")
-    if options["chunk_size"] is not None and options["processes"] is None and options["dask_scheduler"] is None:
+    clustered = options["processes"] is not None or options["dask_scheduler"] is not None
+    if options["chunk_size"] is not None and not clustered:
         raise click.UsageError("--chunk-size needs --processes or --dask-scheduler")
     if not inputs and not options["demo"]:
         if _stdin_is_terminal():
@@ -134,6 +137,8 @@ def _run(options: dict[str, Any]) -> ExitCode:
                 click.echo(f"pooledfetch: demo server at {base_url}", err=True)
         data = opts.body(options["data"])
         timeout = options["timeout"]
+        progress = RunProgress()
+        transport: Transport | None = None
         try:
             config = FetchConfig(
                 workers=options["workers"] or 0,
@@ -174,14 +179,18 @@ def _run(options: dict[str, Any]) -> ExitCode:
                 keep_order=options["keep_order"],
                 reorder_window=options["reorder_window"] or 0,
             )
-            # Before any export opens (and truncates a previous run's file).
-            tls.check_files(config)
+            # Before any export opens (and truncates a previous run's file): a CA bundle or client
+            # certificate that cannot be used is told first. One process fetches through the
+            # context loaded here, so the files are read once.
+            if clustered:
+                tls.check_files(config)
+            else:
+                transport = stack.enter_context(closing(Transport(config, progress.accounting)))
         except ConfigError as exc:
             raise click.UsageError(str(exc)) from None
 
         # Headers are read now: a missing column is reported before any export is opened.
         source = Input(inputs, options["input_format"], options["column"])
-        progress = RunProgress()
         stats = stack.enter_context(RunStats())
         # Before any export or --resume opens (and may truncate, rewrite or append to) the same file.
         changes = _open_changes(stack, options, config)
@@ -198,8 +207,8 @@ def _run(options: dict[str, Any]) -> ExitCode:
         interrupted = False
         try:
             with _graceful_interrupts(cancel):
-                client = _cluster_client(stack, options, config)
-                _consume(source, options["demo"], config, cancel, outputs, progress, resume_state, changes, client)
+                fetcher = transport or _cluster_client(stack, options, config)
+                _consume(source, options["demo"], config, cancel, outputs, progress, resume_state, changes, fetcher)
         except KeyboardInterrupt:
             interrupted = True
         interrupted = interrupted or cancel.is_set()
@@ -318,11 +327,9 @@ def _plain_lines() -> PlainLines:
     return PlainLines(sys.stdout, colour)
 
 
-def _cluster_client(stack: ExitStack, options: dict[str, Any], config: FetchConfig) -> _ClusterClient | None:
-    """With --processes or --dask-scheduler, a connected Dask client (kept open until the run ends)."""
+def _cluster_client(stack: ExitStack, options: dict[str, Any], config: FetchConfig) -> _ClusterClient:
+    """For --processes or --dask-scheduler: a connected Dask client (kept open until the run ends)."""
     processes, scheduler = options["processes"], options["dask_scheduler"]
-    if processes is None and scheduler is None:
-        return None
     if processes is not None:
         from pooledfetch import localworkers
 
@@ -350,8 +357,8 @@ def _consume(
     outputs: _Outputs,
     progress: RunProgress,
     resume_state: ResumeState | None,
-    changes: Changes | None = None,
-    cluster_client: _ClusterClient | None = None,
+    changes: Changes | None,
+    fetcher: Transport | _ClusterClient,
 ) -> None:
     from pooledfetch.engine import run
     from pooledfetch.sources import iter_targets
@@ -387,20 +394,20 @@ def _consume(
 
         # Rows of finished URLs go out while a pipe or terminal waits for its next line.
         targets = ReadAhead(targets, until_end=not source.interactive)
-    if cluster_client is None:
-        results = run(targets, config, cancel=cancel, progress=progress, idle=outputs.flush)
-    else:
+    if isinstance(fetcher, _ClusterClient):
         from pooledfetch.cluster import run_on_cluster
 
         results = run_on_cluster(
             targets,
             config,
-            cluster_client.client,
+            fetcher.client,
             cancel=cancel,
             progress=progress,
-            chunk_size=cluster_client.chunk_size,
+            chunk_size=fetcher.chunk_size,
             idle=outputs.flush,
         )
+    else:
+        results = run(targets, config, cancel=cancel, progress=progress, transport=fetcher, idle=outputs.flush)
     annotated = results if changes is None else changes.track(results)
     try:
         for result in annotated:

@@ -21,7 +21,7 @@ from hostile import cli_command
 from pytest_httpserver import HTTPServer
 from werkzeug import Request, Response
 
-from pooledfetch import FetchConfig, fetch_all
+from pooledfetch import FetchConfig, fetch_all, tls
 from pooledfetch.cli import cli
 from pooledfetch.configfile import load_defaults
 from pooledfetch.engine import RunProgress, run
@@ -169,6 +169,34 @@ def test_a_client_certificate_opens_a_server_that_requires_one(
     assert '"error": "ssl"' in refused.stdout or '"error": "protocol"' in refused.stdout
     assert admitted.exit_code == ExitCode.OK, admitted.stdout + admitted.stderr
     assert '"status": 200' in admitted.stdout
+
+
+def test_the_command_loads_its_tls_files_once(
+    mutual_tls_server: TLSDemoServer,
+    tls_ca: trustme.CA,
+    ca_pem: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The check made before the exports open is the context the run fetches with: with a full
+    trust store each load is ~20 ms of the run's start."""
+    cert = tmp_path / "client.pem"
+    tls_ca.issue_cert("pooledfetch-client@example.test").private_key_and_cert_chain_pem.write_to_path(str(cert))
+    loaded: list[tuple[str | None, str | None]] = []
+    load = tls.load
+
+    def counted(config: FetchConfig) -> ssl.SSLContext:
+        loaded.append((config.ca_bundle, config.client_cert))
+        return load(config)
+
+    monkeypatch.setattr(tls, "load", counted)
+    urls = _url_file(tmp_path, f"{mutual_tls_server.base_url}/get")
+
+    result = CliRunner().invoke(cli, [urls, "-o", "-", "--ca-bundle", ca_pem, "--cert", str(cert)])
+
+    assert result.exit_code == ExitCode.OK, result.stdout + result.stderr
+    assert '"status": 200' in result.stdout
+    assert loaded == [(ca_pem, str(cert))]
 
 
 @pytest.mark.parametrize("problem", ["ca-not-pem", "cert-not-pem", "encrypted-key", "key-of-another-cert"])
