@@ -12,7 +12,7 @@ import signal
 import sys
 import threading
 from collections.abc import Iterable, Iterator
-from contextlib import ExitStack, closing, contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from types import FrameType
 from typing import TYPE_CHECKING, Any, NoReturn
@@ -137,8 +137,6 @@ def _run(options: dict[str, Any]) -> ExitCode:
                 click.echo(f"pooledfetch: demo server at {base_url}", err=True)
         data = opts.body(options["data"])
         timeout = options["timeout"]
-        progress = RunProgress()
-        transport: Transport | None = None
         try:
             config = FetchConfig(
                 workers=options["workers"] or 0,
@@ -179,15 +177,15 @@ def _run(options: dict[str, Any]) -> ExitCode:
                 keep_order=options["keep_order"],
                 reorder_window=options["reorder_window"] or 0,
             )
-            # Before any export opens (and truncates a previous run's file): a CA bundle or client
-            # certificate that cannot be used is told first. One process fetches through the
-            # context loaded here, so the files are read once.
-            if clustered:
-                tls.check_files(config)
-            else:
-                transport = stack.enter_context(closing(Transport(config, progress.accounting)))
+            # Before any export opens (and truncates a previous run's file).
+            tls_context = tls.check_files(config)
         except ConfigError as exc:
             raise click.UsageError(str(exc)) from None
+        progress = RunProgress()
+        # One process fetches through the TLS context loaded above: the files are read once.
+        transport = None if clustered else Transport(config, progress.accounting, tls_context)
+        if transport is not None:
+            stack.callback(transport.close)
 
         # Headers are read now: a missing column is reported before any export is opened.
         source = Input(inputs, options["input_format"], options["column"])

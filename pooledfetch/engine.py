@@ -29,7 +29,7 @@ from pooledfetch.limits import Abandoned, HostWindow, Limiter
 from pooledfetch.pools import PoolAccounting, connection_facts, drain_bounded, release
 from pooledfetch.results import Result, classify
 from pooledfetch.saving import BodyFile, SaveError
-from pooledfetch.session import BadRedirect, DeadlineExceeded, Transport
+from pooledfetch.session import BadRedirect, DeadlineExceeded, RetriesCutShort, Transport
 from pooledfetch.sources import Target, iter_targets
 from pooledfetch.text import mask_credentials
 
@@ -428,6 +428,7 @@ def fetch_one(transport: Transport, target: Target, abandon: threading.Event, li
     assert target.url is not None
     raw: BaseHTTPResponse | None = None
     final_url = target.url
+    method = config.method  # as sent: a 303 (and a 301/302 to a POST) turns the next hop into a GET
     redirects = retries = 0
     ttfb_ms: float | None = None
     reused: bool | None = None
@@ -443,6 +444,7 @@ def fetch_one(transport: Transport, target: Target, abandon: threading.Event, li
             prepared.headers.update(target.conditions)
         while True:
             final_url = prepared.url or final_url
+            method = prepared.method or method
             if limiter is not None:
                 # The previous hop's body is drained: its host slot goes back before this hop waits.
                 limiter.release(host)
@@ -463,8 +465,7 @@ def fetch_one(transport: Transport, target: Target, abandon: threading.Event, li
                 error, detail = rc.TOO_MANY_REDIRECTS, f"more than {config.max_redirects} redirects"
                 break
             drain_bounded(raw)
-            location = transport.session.get_redirect_target(redirect) or ""
-            prepared = transport.redirect_request(prepared, redirect, location)
+            prepared = transport.redirect_request(prepared, redirect)
             # The validators belong to the URL's previous final response: the first hop only.
             for name, _ in target.conditions:
                 prepared.headers.pop(name, None)
@@ -494,8 +495,7 @@ def fetch_one(transport: Transport, target: Target, abandon: threading.Event, li
         error, detail = rc.SAVE, str(exc)
     except Exception as exc:  # noqa: BLE001 - every failure becomes a classified row
         error, detail = classify(exc)
-        if _retries_exhausted(exc):
-            retries += config.retries
+        retries += _retries_made(exc, config.retries)
         if deadline is not None and time.monotonic() >= deadline:
             # The watchdog cut the connection, or the last retry ran into the deadline.
             error, detail = rc.TIMEOUT, f"--max-time {config.max_time:g}s exceeded ({detail})"
@@ -512,7 +512,7 @@ def fetch_one(transport: Transport, target: Target, abandon: threading.Event, li
         index=target.index,
         url=_shown(target.raw, config),
         final_url=_shown(final_url, config),
-        method=config.method,
+        method=method,
         status=status,
         reason=(raw.reason or "") if raw is not None else "",
         ok=not error and status is not None and status < 400,
@@ -591,14 +591,18 @@ def _retries_used(raw: BaseHTTPResponse) -> int:
     return len(raw.retries.history) if raw.retries is not None else 0
 
 
-def _retries_exhausted(exc: BaseException) -> bool:
+def _retries_made(exc: BaseException, allowed: int) -> int:
+    """The retries behind a request that failed with `exc`: all `allowed` when urllib3 ran out
+    of them after errors, as many as were made when a wait was cut short, else none."""
     while True:
+        if isinstance(exc, RetriesCutShort):
+            return exc.made
         if isinstance(exc, uex.MaxRetryError):
-            return not isinstance(exc.reason, uex.ResponseError)
+            return 0 if isinstance(exc.reason, uex.ResponseError) else allowed
         if isinstance(exc, requests.RequestException) and exc.args and isinstance(exc.args[0], BaseException):
             exc = exc.args[0]
         else:
-            return False
+            return 0
 
 
 def error_result(target: Target, config: FetchConfig | None, error: str, detail: str) -> Result:

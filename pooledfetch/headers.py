@@ -51,3 +51,17 @@ class FastHeadersResponse(http.client.HTTPResponse):
     """The response class of pooledfetch's connections (pooledfetch.pools)."""
 
     begin = _reading_headers_with(http.client.HTTPResponse.begin)  # type: ignore[arg-type]
+
+    def _read_status(self) -> tuple[str, int, str]:
+        """The next status line past any informational response but 100 and 101: http.client
+        skips only a 100 Continue (in `begin`), and took a 103 Early Hints for the response."""
+        while True:
+            version, status, reason = super()._read_status()  # type: ignore[misc]
+            if not _SKIPPED_INFORMATIONAL <= status < 200:
+                return version, status, reason
+            # Its fields (link hints, progress) are not the final response's.
+            http.client._read_headers(self.fp)  # type: ignore[attr-defined]
+
+
+# 100 Continue is skipped by `begin`; 101 Switching Protocols ends the HTTP exchange.
+_SKIPPED_INFORMATIONAL = 102

@@ -93,8 +93,17 @@ class TokenBucket:
 
 
 def host_key(url: str) -> str:
-    """What "one host" means here: the URL's host and port (credentials dropped, case folded)."""
-    return urlsplit(url).netloc.rpartition("@")[2].lower()
+    """What "one host" means here: the URL's host and port (credentials dropped, case folded, the
+    scheme's default port left out, so `http://h/` and `http://h:80/` are one host)."""
+    parts = urlsplit(url)
+    netloc = parts.netloc.rpartition("@")[2].lower()
+    host, colon, port = netloc.rpartition(":")
+    if colon and (not port or port.isdigit() and int(port) == _DEFAULT_PORTS.get(parts.scheme.lower())):
+        return host
+    return netloc
+
+
+_DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
 def retry_after_seconds(value: str | None, now: float | None = None) -> float | None:

@@ -10,12 +10,13 @@ from __future__ import annotations
 import netrc
 import os
 import re
+import ssl
 import time
 import urllib.request
 from collections.abc import Callable
 from http.cookiejar import CookiePolicy, DefaultCookiePolicy
 from typing import Any
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import quote, urljoin, urlsplit
 
 import requests
 from requests.adapters import HTTPAdapter
@@ -23,7 +24,7 @@ from requests.models import REDIRECT_STATI
 from requests.structures import CaseInsensitiveDict
 from requests.utils import requote_uri, select_proxy, should_bypass_proxies
 from urllib3.connectionpool import HTTPConnectionPool
-from urllib3.exceptions import MaxRetryError, ResponseError
+from urllib3.exceptions import InvalidHeader, MaxRetryError, ResponseError
 from urllib3.response import BaseHTTPResponse
 from urllib3.util import SKIP_HEADER, SKIPPABLE_HEADERS, Retry, Timeout, make_headers, parse_url
 
@@ -48,6 +49,27 @@ class BadRedirect(Exception):
     """A Location the fetcher refuses to follow (another scheme, no host, unparsable)."""
 
 
+def _location(raw: BaseHTTPResponse) -> str:
+    """A redirect's one Location, as text. RFC 9110 allows one: two that differ are refused (as
+    browsers do), not joined with a comma; so is an empty one, which would lead back to the same
+    URL until --max-redirects. Bytes that are not UTF-8 are percent-encoded, as curl does."""
+    values = {value.strip() for value in raw.headers.getlist("Location")}
+    if len(values) > 1:
+        raise BadRedirect(f"redirect not followed: {len(values)} different Location headers")
+    location = values.pop() if values else ""
+    if not location:
+        raise BadRedirect("redirect not followed: an empty Location header")
+    sent = location.encode("iso-8859-1")  # how http.client decoded the bytes that came
+    try:
+        return sent.decode("utf-8")
+    except UnicodeDecodeError:
+        return quote(sent, safe=_URL_PUNCTUATION)
+
+
+# What a Location may hold as it is: an existing %XX escape and the URL's own punctuation.
+_URL_PUNCTUATION = "%!#$&'()*+,/:;=?@[]~"
+
+
 class CappedRetry(Retry):
     """urllib3's Retry, except that it gives up rather than wait past a limit.
 
@@ -69,6 +91,14 @@ class CappedRetry(Retry):
         retry.deadlines = self.deadlines
         retry.observer = self.observer
         return retry
+
+    def get_retry_after(self, response: BaseHTTPResponse) -> float | None:
+        """As urllib3's, except that a Retry-After it cannot read (`soon`, `1.5`) counts as none:
+        the backoff applies, and the 429/503 is not lost to an InvalidHeader error."""
+        try:
+            return super().get_retry_after(response)
+        except InvalidHeader:
+            return None
 
     def increment(
         self,
@@ -93,7 +123,15 @@ class CappedRetry(Retry):
             reason = "no time left for another try before --max-time"
         else:
             return following
-        raise MaxRetryError(_pool, url, error or ResponseError(reason))
+        cut_short = RetriesCutShort(_pool, url, error or ResponseError(reason))
+        cut_short.made = len(self.history)
+        raise cut_short
+
+
+class RetriesCutShort(MaxRetryError):
+    """Given up before the retries ran out (a wait past --max-retry-wait or --max-time)."""
+
+    made = 0  # the retries made before
 
 
 RetryObserver = Callable[[BaseHTTPResponse], None]
@@ -198,7 +236,10 @@ class _SharedTlsAdapter(HTTPAdapter):
 class Transport:
     """The shared session, its one adapter and everything each request reuses."""
 
-    def __init__(self, config: FetchConfig, accounting: PoolAccounting | None = None) -> None:
+    def __init__(
+        self, config: FetchConfig, accounting: PoolAccounting | None = None, tls_context: ssl.SSLContext | None = None
+    ) -> None:
+        """`tls_context`: what tls.check_files(config) gave, if the caller has it already."""
         self.config = config
         self.accounting = accounting or PoolAccounting()
         # Each worker thread's --max-time deadline, read by the shared CappedRetry and the connections.
@@ -210,7 +251,7 @@ class Transport:
         self.session.cookies.set_policy(policy)
         self._retry_policy = self._retry()
         self.adapter = _SharedTlsAdapter(
-            SharedContext(config),
+            SharedContext(config, tls_context),
             pool_connections=config.pool_connections,
             pool_maxsize=config.pool_maxsize,
             max_retries=self._retry_policy,
@@ -385,10 +426,11 @@ class Transport:
         return self.adapter.build_response(prepared, raw)
 
     def redirect_request(
-        self, previous: requests.PreparedRequest, response: requests.Response, location: str
+        self, previous: requests.PreparedRequest, response: requests.Response
     ) -> requests.PreparedRequest:
         """The next hop, built with requests' own helpers so its credential stripping applies."""
         assert previous.url is not None
+        location = _location(response.raw)
         if location.startswith("//"):
             location = f"{urlsplit(previous.url).scheme}:{location}"
         absolute = location if _HAS_SCHEME.match(location) else urljoin(previous.url, location)

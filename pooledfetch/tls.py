@@ -62,12 +62,13 @@ _FILE_SETTINGS = ("ca_certs", "ca_cert_dir", "cert_file", "key_file")
 
 
 class SharedContext:
-    """`load(config)`, made once: at once when the user named files, else when the first HTTPS
-    pool asks for it (a run that fetches only plain HTTP never loads the OS store)."""
+    """`load(config)`, made once: at once when the user named files (unless `loaded` is that
+    context, made by check_files before), else when the first HTTPS pool asks for it (a run
+    that fetches only plain HTTP never loads the OS store)."""
 
-    def __init__(self, config: FetchConfig) -> None:
+    def __init__(self, config: FetchConfig, loaded: ssl.SSLContext | None = None) -> None:
         self._config = config
-        self._context = check_files(config)
+        self._context = loaded or check_files(config)
         self._lock = threading.Lock()
 
     def get(self) -> ssl.SSLContext:

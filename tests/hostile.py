@@ -347,7 +347,8 @@ def route_huge_header(ex: Exchange) -> None:
 
 
 def route_redirect(ex: Exchange) -> None:
-    """`/redirect?to=LOCATION&code=302&drip=0`: a redirect; with `drip`, its body drips.
+    """`/redirect?to=LOCATION&code=302&drip=0`: a redirect; with `drip`, its body drips; with
+    `also=LOCATION`, a second Location header.
 
     `/redirect?key=K` redirects to `server.locations[K]`, a Location the input URL does not show.
     """
@@ -356,6 +357,10 @@ def route_redirect(ex: Exchange) -> None:
     else:
         location = unquote_to_bytes(ex.request.query.get("to", "/ok").encode("latin-1"))
     code = int(ex.number("code", 302))
+    if also := ex.param("also"):
+        ex.respond(code, b"", [("Location", location), ("Location", unquote_to_bytes(also.encode("latin-1")))])
+        ex.linger()
+        return
     if every := ex.number("drip", 0):
         ex.bound()
         if ex.send(ex.head(code, headers=[("Location", location)], length=10**6)):
@@ -438,6 +443,14 @@ def route_endless_error(ex: Exchange) -> None:
             ex.drip(ex.number("every", 0.2))
 
 
+def route_informational(ex: Exchange) -> None:
+    """`/informational?codes=102,103`: an informational response of each code, then `200 ok`."""
+    for code in ex.param("codes", "103").split(","):
+        if not ex.send(b"HTTP/1.1 %s Informational\r\nLink: </style.css>; rel=preload\r\n\r\n" % code.encode()):
+            return
+    route_ok(ex)
+
+
 def route_reason(ex: Exchange) -> None:
     """`/reason?text=PERCENT-ENCODED&code=200`: a status line with a hostile reason phrase."""
     text = ex.param("text")
@@ -468,6 +481,7 @@ ROUTES: dict[str, Route] = {
     "status": route_status,
     "endless-error": route_endless_error,
     "reason": route_reason,
+    "informational": route_informational,
 }
 
 

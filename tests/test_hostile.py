@@ -133,6 +133,12 @@ def test_broken_responses_are_protocol_errors(
     assert elapsed < 2.0
 
 
+def test_informational_responses_before_the_final_one_are_skipped(server: HostileServer) -> None:
+    """http.client skips only a 100 Continue: a 103 Early Hints was taken for the response."""
+    result, _ = timed_fetch_one(server.url("informational?codes=102,103"), fast())
+    assert (result.status, result.error, result.bytes) == (200, "", 3)
+
+
 def test_a_reset_mid_body_keeps_what_arrived(server: HostileServer) -> None:
     result, _ = timed_fetch_one(server.url("reset"), fast())
     assert result.error == rc.PROTOCOL
@@ -166,6 +172,35 @@ def test_redirects_off_http_are_refused_never_followed(
     assert ftp.accepted == 0
 
 
+@pytest.mark.parametrize(
+    ("query", "detail"),
+    [
+        ("to=", "an empty Location header"),
+        ("to=%20", "an empty Location header"),
+        ("to=/ok&also=/status", "2 different Location headers"),
+    ],
+)
+def test_a_redirect_without_one_usable_location_is_refused(server: HostileServer, query: str, detail: str) -> None:
+    """An empty Location led back to the same URL until --max-redirects; two were joined by a comma."""
+    result, _ = timed_fetch_one(server.url(f"redirect?{query}"), fast())
+    assert (result.status, result.error, result.redirects) == (302, rc.BAD_REDIRECT, 0)
+    assert detail in result.error_detail
+    assert len(server.requests) == 1
+
+
+def test_a_location_that_is_not_utf8_is_followed_percent_encoded(server: HostileServer) -> None:
+    result, _ = timed_fetch_one(server.url("redirect?to=/ok%3Fname%3D%FF%FE"), fast())
+    assert (result.status, result.error, result.redirects) == (200, "", 1)
+    assert result.final_url == server.url("ok?name=%FF%FE")
+
+
+@pytest.mark.parametrize(("code", "method"), [(303, "GET"), (307, "POST")])
+def test_the_row_gives_the_method_of_the_last_request_sent(server: HostileServer, code: int, method: str) -> None:
+    result, _ = timed_fetch_one(server.url(f"redirect?to=/ok&code={code}"), fast(method="POST", data=b"a=1"))
+    assert (result.status, result.redirects, result.method) == (200, 1, method)
+    assert server.requests_to("ok")[0].method == method
+
+
 # --- bodies too large --------------------------------------------------------------------------------------------
 
 
@@ -193,6 +228,22 @@ def test_429_retry_after_then_200(server: HostileServer) -> None:
     assert (result.status, result.error, result.retries) == (200, "", 1)
     assert result.total_ms >= 950
     assert elapsed < 3.0
+
+
+@pytest.mark.parametrize("after", ["soon", "1.5", "-5"])
+def test_an_unreadable_retry_after_falls_back_to_the_backoff(server: HostileServer, after: str) -> None:
+    """urllib3 raised InvalidHeader, and the row lost the 503 it had."""
+    retried, _ = timed_fetch_one(server.url(f"status?code=503&after={after}&times=1&key={after}"), fast(retries=1))
+    assert (retried.status, retried.error, retried.retries) == (200, "", 1)
+    given_up, _ = timed_fetch_one(server.url(f"status?code=503&after={after}"), fast(retries=0))
+    assert (given_up.status, given_up.error, given_up.retries) == (503, "", 0)
+
+
+def test_retries_cut_short_by_max_time_count_only_those_made(server: HostileServer) -> None:
+    """The row said all 5 retries were made, with one request sent."""
+    result, _ = timed_fetch_one(server.url("silent?for=3"), fast(read_timeout=5.0, max_time=1.0, retries=5))
+    assert (result.error, result.retries) == (rc.TIMEOUT, 0)
+    assert len(server.requests_to("silent")) == 1
 
 
 def test_503_three_times_then_200(server: HostileServer) -> None:

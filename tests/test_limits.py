@@ -212,6 +212,22 @@ def test_host_key_is_host_and_port() -> None:
     assert host_key("https://example.com/") != host_key("https://example.com:8443/")
 
 
+@pytest.mark.parametrize(
+    ("url", "same_as"),
+    [
+        ("http://Example.com:80/a", "http://example.com/b"),
+        ("https://example.com:443/", "https://example.com/"),
+        ("http://example.com:/", "http://example.com/"),
+        ("http://[::1]:80/", "http://[::1]/"),
+    ],
+)
+def test_a_default_port_written_out_is_the_same_host(url: str, same_as: str) -> None:
+    """Otherwise `http://h/` and `http://h:80/` were two hosts to --per-host-concurrency 1 (and
+    shared one pool): the server saw two connections at once."""
+    assert host_key(url) == host_key(same_as)
+    assert host_key("http://example.com:443/") != host_key("http://example.com/")
+
+
 def test_no_limits_means_no_limiter() -> None:
     assert Limiter.for_config(FetchConfig()) is None
     assert Limiter.for_config(FetchConfig(rate=1)) is not None
