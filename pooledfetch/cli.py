@@ -119,6 +119,7 @@ def _run(options: dict[str, Any]) -> ExitCode:
         inputs = ("-",)
     if options["reorder_window"] is not None and not options["keep_order"]:
         raise click.UsageError("--reorder-window needs --keep-order")
+    _check_one_writer_per_file(options)
     if options["insecure"]:
         # The user asked for it once; urllib3 would otherwise warn once per connection.
         import warnings
@@ -302,6 +303,21 @@ def _open_outputs(
     if not options["quiet"] and "-" not in options["outputs"] and not table_replaces_lines:
         sinks.append(stack.enter_context(_plain_lines()))
     return _Outputs(sinks, view, live)
+
+
+def _check_one_writer_per_file(options: dict[str, Any]) -> None:
+    """Two outputs on one file would truncate, interleave or overwrite each other's rows."""
+    written = [(f"-o {path}", path) for path in options["outputs"] if path != "-"]
+    written += [(f"--{name.replace('_', '-')}", options[name]) for name in ("resume", "summary_json") if options[name]]
+    seen: dict[str, str] = {}
+    for flag, path in written:
+        if os.path.exists(path) and not os.path.isfile(path):
+            continue  # /dev/null, a terminal or a pipe: not a file of rows to spoil
+        where = os.path.realpath(path)
+        if where in seen:
+            hint = " (--resume appends the new rows to its file)" if "--resume" in (seen[where], flag) else ""
+            raise click.UsageError(f"{seen[where]} and {flag} name the same file: give each its own{hint}")
+        seen[where] = flag
 
 
 def _stderr_console() -> Console:

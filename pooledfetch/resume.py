@@ -74,7 +74,9 @@ def load(path: str) -> ResumeState:
         last = b"\n"
         for line, row in _rows(path):
             last = line
-            clean = clean and row is not None and state.record(*row)
+            # Every finished row is recorded, also those after the first one to be dropped.
+            recorded = row is not None and state.record(*row)
+            clean = clean and recorded
         if not clean or not last.endswith(b"\n"):
             _rewrite(path)
     except OSError as exc:

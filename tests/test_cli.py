@@ -289,3 +289,24 @@ def test_ctrl_c_keeps_exports_valid_and_every_line_gets_a_row(installed_command:
     errors = {row["error"] for row in rows}
     assert {"cancelled", "interrupted"} <= errors
     assert "URLs:" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    "outputs",
+    [
+        ["-o", "{dir}/rows.jsonl", "-o", "{dir}/rows.jsonl"],
+        ["-o", "{dir}/rows.jsonl", "--resume", "{dir}/./rows.jsonl"],
+        ["-o", "{dir}/rows.jsonl", "--summary-json", "{dir}/rows.jsonl"],
+    ],
+)
+def test_two_outputs_on_one_file_are_a_usage_error(demo_server: DemoServer, tmp_path: Path, outputs: list[str]) -> None:
+    """`--resume X -o X` fetched every URL again and left X with repeated indexes and a broken line."""
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text('{"index": 0, "url": "kept"}\n')
+    path = url_file(tmp_path, [f"{demo_server.base_url}/get"])
+    served = demo_server.requests
+    code, _, err = run(path, "-q", *(arg.format(dir=tmp_path) for arg in outputs))
+    assert code == ExitCode.USAGE
+    assert "name the same file" in err
+    assert rows.read_text() == '{"index": 0, "url": "kept"}\n'
+    assert demo_server.requests == served

@@ -236,6 +236,25 @@ def test_an_export_failing_mid_run_does_not_wait_for_requests_in_flight(server: 
     assert elapsed < 5.0, f"exit took {elapsed:.1f} s: it waited for the hanging request"
 
 
+def test_resume_keeps_the_finished_rows_written_after_unfinished_ones(server: HostileServer, tmp_path: Path) -> None:
+    """Cancelled rows are written before the rows of requests still in flight: every finished row
+    after the first unfinished one was fetched again, and its line had two rows."""
+    lines = [server.url(f"ok?i={i}") for i in range(4)]
+    out = tmp_path / "out.jsonl"
+    previous = [
+        {"index": 0, "url": lines[0], "error": rc.CANCELLED, "status": None},
+        {"index": 1, "url": lines[1], "error": "", "status": 200},
+        {"index": 2, "url": lines[2], "error": rc.INTERRUPTED, "status": None},
+        {"index": 3, "url": lines[3], "error": "", "status": 200},
+    ]
+    out.write_text("".join(json.dumps(row) + "\n" for row in previous), encoding="utf-8")
+    run = Run(tmp_path, lines, "-q", "--resume", str(out))
+    assert run.wait(20) == ExitCode.OK, run.stderr
+    rows = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+    assert sorted(by_index(rows)) == [0, 1, 2, 3]
+    assert sorted(request.query["i"] for request in server.requests_to("ok")) == ["0", "2"]
+
+
 def test_resume_matches_rows_whether_or_not_credentials_are_shown(server: HostileServer, tmp_path: Path) -> None:
     """A finished row is found again when --show-credentials differs between the run and its resume."""
     lines = [f"http://alice:s3cret@127.0.0.1:{server.port}/ok?i=0", server.url("ok?i=1")]
