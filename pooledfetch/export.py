@@ -150,7 +150,8 @@ class JsonExporter(_FileExporter):
 class CsvExporter(_FileExporter):
     def begin(self) -> None:
         self._writer = csv.writer(self._stream)
-        self._writer.writerow((*self._input_names, *FIELDS))
+        # Column names come from the input's own header line: as untrusted as any cell.
+        self._writer.writerow((*map(csv_cell, self._input_names), *FIELDS))
 
     def write_row(self, result: Result) -> None:
         cells = [csv_cell(getattr(result, name)) for name in FIELDS]

@@ -3,14 +3,30 @@
 from __future__ import annotations
 
 import re
+import unicodedata
 
-# C0 controls, DEL and C1 controls: ESC starts terminal sequences, and 0x9b is a one-byte CSI.
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+# Any character but printable ASCII: the few a text may hold are looked up one by one.
+_NOT_ASCII_PRINTABLE = re.compile(r"[^\x20-\x7e]")
+# Controls (C0, DEL, C1: ESC starts terminal sequences, 0x9b is a one-byte CSI), format
+# characters (bidi overrides make `exe.txt` show as `txt.exe`; zero-width ones hide in a host
+# name), line and paragraph separators, and lone surrogates (a terminal cannot encode them).
+_HIDDEN_CATEGORIES = frozenset({"Cc", "Cf", "Zl", "Zp", "Cs"})
 
 
 def printable(text: str) -> str:
-    """Replace every control character with a visible `\\xNN` escape."""
-    return _CONTROL.sub(lambda match: f"\\x{ord(match.group()):02x}", text)
+    """Replace every control, format, separator or surrogate character with a visible escape
+    (`\\xNN`, `\\uNNNN`, `\\UNNNNNNNN`)."""
+    return _NOT_ASCII_PRINTABLE.sub(_escaped, text)
+
+
+def _escaped(match: re.Match[str]) -> str:
+    char = match.group()
+    if unicodedata.category(char) not in _HIDDEN_CATEGORIES:
+        return char
+    code = ord(char)
+    if code < 0x100:
+        return f"\\x{code:02x}"
+    return f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
 
 
 # scheme://authority anywhere in a text (a URL, or an error message quoting one).

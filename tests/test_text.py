@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import unicodedata
 from collections import Counter
 
 import helpers
@@ -40,6 +41,12 @@ def failed(error: str = "dns", **changes) -> Result:
         ("c1\x80\x9f", "c1\\x80\\x9f"),
         ("ünïcødé ✓ 日本", "ünïcødé ✓ 日本"),  # printable non-ASCII untouched
         ("\xa0nbsp", "\xa0nbsp"),  # first char after C1 is not a control
+        ("invoice\u202etxt.exe", "invoice\\u202etxt.exe"),  # a bidi override would show "exe.txt"
+        ("pay\u200bpal.example", "pay\\u200bpal.example"),  # zero-width space
+        ("line\u2028break", "line\\u2028break"),
+        ("lone\udcff", "lone\\udcff"),  # a surrogate (surrogateescape) a terminal cannot encode
+        ("tag\U000e0041", "tag\\U000e0041"),
+        ("emoji \U0001f600", "emoji \U0001f600"),
     ],
 )
 def test_printable(text, expected):
@@ -50,7 +57,16 @@ def test_printable_output_has_no_control_characters():
     everything = "".join(chr(code) for code in range(0x100))
     out = printable(everything)
     assert not any(ord(ch) < 0x20 or 0x7F <= ord(ch) <= 0x9F for ch in out)
-    assert out.count("\\x") == 0x20 + 0x21  # C0 (32) + DEL and C1 (33)
+    assert out.count("\\x") == 0x20 + 0x21 + 1  # C0 (32) + DEL and C1 (33) + the soft hyphen
+
+
+def test_printable_leaves_no_hidden_character_of_any_plane():
+    """Every control, format (bidi, zero-width), separator and surrogate code point is escaped."""
+    hidden = [
+        chr(code) for code in range(0x110000) if unicodedata.category(chr(code)) in ("Cc", "Cf", "Zl", "Zp", "Cs")
+    ]
+    out = printable("".join(hidden))
+    assert out.isascii() and out.count("\\") == len(hidden)
 
 
 # --- PlainLines ---------------------------------------------------------------------------------
