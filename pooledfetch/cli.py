@@ -50,7 +50,7 @@ def _fail(message: str, code: ExitCode) -> NoReturn:
 
 @contextmanager
 def _graceful_interrupts(cancel: threading.Event) -> Iterator[None]:
-    """First Ctrl-C (or SIGTERM): stop submitting and wind down. Second: quit at once."""
+    """First Ctrl-C (or SIGTERM, or a hang-up): stop submitting and wind down. Second: quit at once."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -59,9 +59,12 @@ def _graceful_interrupts(cancel: threading.Event) -> Iterator[None]:
         if cancel.is_set():
             raise KeyboardInterrupt
         cancel.set()
-        sys.stderr.write("\npooledfetch: interrupted: finishing requests in flight (Ctrl-C again to quit now)\n")
+        try:
+            sys.stderr.write("\npooledfetch: interrupted: finishing requests in flight (Ctrl-C again to quit now)\n")
+        except OSError:
+            pass  # a terminal that hung up: the exports still get their rows and ends
 
-    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
     try:
         yield
     finally:
@@ -128,89 +131,90 @@ def _run(options: dict[str, Any]) -> ExitCode:
 
         warnings.simplefilter("ignore", InsecureRequestWarning)
 
-    with ExitStack() as stack:
-        base_url = options["base_url"]
-        if options["demo"]:
-            from pooledfetch.demo import DemoServer
+    cancel = threading.Event()
+    interrupted = False
+    try:
+        # From the start: a Ctrl-C, SIGTERM or hang-up while the exports open or a --resume file
+        # is read still gives every line its row (cancelled) and every export its end.
+        with _graceful_interrupts(cancel), ExitStack() as stack:
+            base_url = options["base_url"]
+            if options["demo"]:
+                from pooledfetch.demo import DemoServer
 
-            base_url = stack.enter_context(DemoServer()).base_url
-            if not options["quiet"]:
-                click.echo(f"pooledfetch: demo server at {base_url}", err=True)
-        data = opts.body(options["data"])
-        timeout = options["timeout"]
-        try:
-            config = FetchConfig(
-                workers=options["workers"] or 0,
-                pool_connections=options["pool_connections"],
-                pool_maxsize=options["pool_maxsize"],
-                pool_block=options["pool_block"],
-                retries=options["retries"],
-                backoff_factor=options["backoff_factor"],
-                retry_statuses=opts.statuses(options["retry_status"]),
-                max_retry_wait=options["max_retry_wait"],
-                connect_timeout=options["connect_timeout"] or timeout or cfg.DEFAULT_CONNECT_TIMEOUT,
-                read_timeout=options["read_timeout"] or timeout or cfg.DEFAULT_READ_TIMEOUT,
-                max_time=options["max_time"],
-                method=options["method"] or ("POST" if data is not None else "GET"),
-                data=data,
-                headers=tuple(opts.header(value) for value in options["headers"]),
-                user_agent=options["user_agent"],
-                follow_redirects=not options["no_follow"],
-                max_redirects=options["max_redirects"],
-                verify=not options["insecure"],
-                ca_bundle=options["ca_bundle"],
-                max_bytes=opts.size(options["max_bytes"]),
-                base_url=base_url,
-                default_scheme=options["default_scheme"],
-                dedupe=options["dedupe"],
-                netrc=options["use_netrc"],
-                show_credentials=options["show_credentials"],
-                rate=options["rate"],
-                per_host_concurrency=options["per_host_concurrency"],
-                per_host_rate=options["per_host_rate"],
-                pause_hosts=options["pause_hosts"],
-                cookies=tuple(opts.cookie(value) for value in options["cookies"]),
-                client_cert=options["client_cert"],
-                client_key=options["client_key"],
-                proxy=options["proxy"],
-                save_dir=opts.save_dir(options["save_dir"]),
-                env_proxy=not options["no_env_proxy"],
-                keep_order=options["keep_order"],
-                reorder_window=options["reorder_window"] or 0,
-            )
-            # Before any export opens (and truncates a previous run's file).
-            tls_context = tls.check_files(config)
-        except ConfigError as exc:
-            raise click.UsageError(str(exc)) from None
-        progress = RunProgress()
-        # One process fetches through the TLS context loaded above: the files are read once.
-        transport = None if clustered else Transport(config, progress.accounting, tls_context)
-        if transport is not None:
-            stack.callback(transport.close)
+                base_url = stack.enter_context(DemoServer()).base_url
+                if not options["quiet"]:
+                    click.echo(f"pooledfetch: demo server at {base_url}", err=True)
+            data = opts.body(options["data"])
+            timeout = options["timeout"]
+            try:
+                config = FetchConfig(
+                    workers=options["workers"] or 0,
+                    pool_connections=options["pool_connections"],
+                    pool_maxsize=options["pool_maxsize"],
+                    pool_block=options["pool_block"],
+                    retries=options["retries"],
+                    backoff_factor=options["backoff_factor"],
+                    retry_statuses=opts.statuses(options["retry_status"]),
+                    max_retry_wait=options["max_retry_wait"],
+                    connect_timeout=options["connect_timeout"] or timeout or cfg.DEFAULT_CONNECT_TIMEOUT,
+                    read_timeout=options["read_timeout"] or timeout or cfg.DEFAULT_READ_TIMEOUT,
+                    max_time=options["max_time"],
+                    method=options["method"] or ("POST" if data is not None else "GET"),
+                    data=data,
+                    headers=tuple(opts.header(value) for value in options["headers"]),
+                    user_agent=options["user_agent"],
+                    follow_redirects=not options["no_follow"],
+                    max_redirects=options["max_redirects"],
+                    verify=not options["insecure"],
+                    ca_bundle=options["ca_bundle"],
+                    max_bytes=opts.size(options["max_bytes"]),
+                    base_url=base_url,
+                    default_scheme=options["default_scheme"],
+                    dedupe=options["dedupe"],
+                    netrc=options["use_netrc"],
+                    show_credentials=options["show_credentials"],
+                    rate=options["rate"],
+                    per_host_concurrency=options["per_host_concurrency"],
+                    per_host_rate=options["per_host_rate"],
+                    pause_hosts=options["pause_hosts"],
+                    cookies=tuple(opts.cookie(value) for value in options["cookies"]),
+                    client_cert=options["client_cert"],
+                    client_key=options["client_key"],
+                    proxy=options["proxy"],
+                    save_dir=opts.save_dir(options["save_dir"]),
+                    env_proxy=not options["no_env_proxy"],
+                    keep_order=options["keep_order"],
+                    reorder_window=options["reorder_window"] or 0,
+                )
+                # Before any export opens (and truncates a previous run's file).
+                tls_context = tls.check_files(config)
+            except ConfigError as exc:
+                raise click.UsageError(str(exc)) from None
+            progress = RunProgress()
+            # One process fetches through the TLS context loaded above: the files are read once.
+            transport = None if clustered else Transport(config, progress.accounting, tls_context)
+            if transport is not None:
+                stack.callback(transport.close)
 
-        # Headers are read now: a missing column is reported before any export is opened.
-        source = Input(inputs, options["input_format"], options["column"])
-        stats = stack.enter_context(RunStats())
-        # Before any export or --resume opens (and may truncate, rewrite or append to) the same file.
-        changes = _open_changes(stack, options, config)
-        outputs = _open_outputs(stack, options, config, stats, progress, source.names, changes)
-        resume_state = None
-        if options["resume"]:
-            from pooledfetch import resume
+            # Headers are read now: a missing column is reported before any export is opened.
+            source = Input(inputs, options["input_format"], options["column"])
+            stats = stack.enter_context(RunStats())
+            # Before any export or --resume opens (and may truncate, rewrite or append to) the same file.
+            changes = _open_changes(stack, options, config)
+            outputs = _open_outputs(stack, options, config, stats, progress, source.names, changes)
+            resume_state = None
+            if options["resume"]:
+                from pooledfetch import resume
 
-            resume_state = resume.load(options["resume"])
-            resumed = open_exporter(options["resume"], "jsonl", append=True, input_names=source.names)
-            outputs.sinks.append(stack.enter_context(resumed))
+                resume_state = resume.load(options["resume"])
+                resumed = open_exporter(options["resume"], "jsonl", append=True, input_names=source.names)
+                outputs.sinks.append(stack.enter_context(resumed))
 
-        cancel = threading.Event()
-        interrupted = False
-        try:
-            with _graceful_interrupts(cancel):
-                fetcher = transport or _cluster_client(stack, options, config)
-                _consume(source, options["demo"], config, cancel, outputs, progress, resume_state, changes, fetcher)
-        except KeyboardInterrupt:
-            interrupted = True
-        interrupted = interrupted or cancel.is_set()
+            fetcher = transport or _cluster_client(stack, options, config)
+            _consume(source, options["demo"], config, cancel, outputs, progress, resume_state, changes, fetcher)
+    except KeyboardInterrupt:
+        interrupted = True
+    interrupted = interrupted or cancel.is_set()
 
     if interrupted:
         return ExitCode.INTERRUPTED

@@ -11,6 +11,7 @@ only when one has arrived and is woken when one does.
 from __future__ import annotations
 
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 
@@ -19,6 +20,11 @@ from pooledfetch.sources import Target
 # Targets a ReadAhead reads ahead of the consuming thread; it reads on once half are taken, so
 # a fast pipe does not wake the reading thread for every target.
 READ_AHEAD = 1024
+# What a cancelled run still reads of a pipe whose writer goes on (a SIGTERM to pooledfetch
+# alone; in a shell, Ctrl-C ends the writer too): lines until it has been quiet this long...
+REST_QUIET_SECONDS = 1.0
+# ... and for this long at most, so a writer that never stops cannot keep the run going.
+REST_MAX_SECONDS = 5.0
 
 
 class Feed:
@@ -70,10 +76,12 @@ class ReadAhead(Feed):
     An error reading the input (a file that cannot be opened, a bad row header) is raised by
     the `take()` that reaches it, on the consuming thread, as reading on that thread would.
 
-    `rest()` (what a cancelled run gives rows to) waits for the input to end: a pipe ends when
-    its writer does, and Ctrl-C in a shell ends the whole pipeline. A terminal ends only when
-    the user types Ctrl-D; with `until_end=False`, `rest()` gives what has been read so far
-    (a terminal discards typed-ahead input on Ctrl-C anyway).
+    `rest()` (what a cancelled run gives rows to) reads on to the end of the input: a pipe ends
+    when its writer does, and Ctrl-C in a shell ends the whole pipeline. A writer that goes on
+    is read until REST_QUIET_SECONDS pass without a line, or REST_MAX_SECONDS in all: what it
+    writes after that is never read. A terminal ends only when the user types Ctrl-D; with
+    `until_end=False`, `rest()` gives what has been read so far (a terminal discards
+    typed-ahead input on Ctrl-C anyway).
     """
 
     def __init__(self, targets: Iterable[Target], depth: int = READ_AHEAD, *, until_end: bool = True) -> None:
@@ -111,14 +119,18 @@ class ReadAhead(Feed):
             self.close()
             yield from super().rest()
             return
+        deadline = time.monotonic() + REST_MAX_SECONDS
         while not self.exhausted:
             # Cleared before looking: an arrival after an empty look sets it again.
             self._arrived.clear()
             target = self.take()
             if target is not None:
                 yield target
-            elif not self.exhausted:
-                self._arrived.wait()
+                continue
+            wait = min(REST_QUIET_SECONDS, deadline - time.monotonic())
+            if not self.exhausted and (wait <= 0 or not self._arrived.wait(wait)):
+                self.close()
+                return
 
     def on_arrival(self, wake: Callable[[], None]) -> None:
         self._wake = wake

@@ -90,7 +90,7 @@ def by_index(rows: list[dict[str, object]]) -> dict[int, dict[str, object]]:
 # --- Ctrl-C and SIGTERM --------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP], ids=["SIGINT", "SIGTERM", "SIGHUP"])
 def test_one_signal_winds_down_with_one_row_per_line(server: HostileServer, tmp_path: Path, signum: int) -> None:
     """4 workers: line 0 answers after 1 s (finishes in the grace period), lines 1-3 never answer
     (interrupted after it), lines 4-7 wait in the executor and the rest in the file (cancelled)."""
@@ -128,6 +128,31 @@ def test_a_second_ctrl_c_quits_at_once_with_valid_exports(server: HostileServer,
         rows_by_index = by_index(rows)
         assert set(rows_by_index) <= set(range(20)), name
         assert {row["error"] for row in rows} <= {rc.CANCELLED, rc.INTERRUPTED}, name
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_a_signal_while_a_resume_file_is_read_still_gives_every_line_a_row(
+    server: HostileServer, tmp_path: Path, signum: int
+) -> None:
+    """Signals were handled only once the run had started: one while a big --resume file was
+    rewritten gave click's "Aborted!" (exit 1, the temporary file left, no rows), a SIGTERM a
+    killed process and a JSON export holding only "["."""
+    lines = [server.url(f"ok?i={i}") for i in range(5)]
+    resumed = tmp_path / "resumed.jsonl"
+    unfinished = '{"index": %d, "url": "http://127.0.0.1:9/gone?%d", "error": "cancelled"}\n'
+    resumed.write_text("".join(unfinished % (i, i) for i in range(300_000)), encoding="utf-8")
+    out = tmp_path / "out.json"
+    run = Run(tmp_path, lines, "-q", "--resume", str(resumed), "-o", str(out))
+    wait_until(lambda: any(tmp_path.glob("*.resume")), what="the --resume file being rewritten", timeout=20)
+    run.signal(signum)
+    assert run.wait(30) == ExitCode.INTERRUPTED, run.stderr
+    assert "Aborted" not in run.stderr and "Traceback" not in run.stderr
+    assert not any(tmp_path.glob("*.resume"))
+    rows = json.loads(out.read_text(encoding="utf-8"))
+    assert sorted(by_index(rows)) == list(range(5))
+    assert {row["error"] for row in rows} == {rc.CANCELLED}
+    assert len(resumed.read_text(encoding="utf-8").splitlines()) == 5
+    assert server.requests == []
 
 
 # --- SIGKILL, then --resume --------------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ import pty
 import signal
 import subprocess
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -20,7 +21,7 @@ from hostile import HostileServer, cli_command, offline_env
 from pooledfetch import results as rc
 from pooledfetch.engine import DEFAULT_GRACE_SECONDS
 from pooledfetch.errors import ExitCode, InputError
-from pooledfetch.feed import ReadAhead
+from pooledfetch.feed import REST_MAX_SECONDS, REST_QUIET_SECONDS, ReadAhead
 from pooledfetch.sources import Target
 
 
@@ -131,6 +132,28 @@ def test_ctrl_c_with_the_input_still_open_gives_every_line_a_row(
     errors = {row["index"]: row["error"] for row in run.rows()}
     assert errors == {0: "", 1: rc.INTERRUPTED, 2: rc.CANCELLED, 3: rc.CANCELLED}
     assert len(server.requests) == 2  # nothing was sent after the signal
+
+
+def test_sigterm_with_the_writer_still_going_ends_the_run(
+    hostile_server: Callable[..., HostileServer], piped: Callable[..., PipedRun]
+) -> None:
+    """A SIGTERM to pooledfetch alone leaves the command writing to the pipe running: the run
+    waited for that writer to end (with `tail -f`, forever). Lines that come within a quiet
+    second are still read and cancelled; the pipe is left open here to the end."""
+    server = hostile_server()
+    run = piped("--retries", "0", "-w", "1")
+    run.send(server.url("ok"))
+    run.wait_for_rows(1)
+    run.send(server.url("silent"))
+    wait_until(lambda: len(server.requests) == 2, what="the second request on the wire")
+    sent = time.monotonic()
+    run.process.send_signal(signal.SIGTERM)
+    run.send(server.url("ok?after=1"))
+    assert run.wait(DEFAULT_GRACE_SECONDS + REST_MAX_SECONDS + 5) == ExitCode.INTERRUPTED, run.stderr
+    assert time.monotonic() - sent < DEFAULT_GRACE_SECONDS + REST_QUIET_SECONDS + 3
+    errors = {row["index"]: row["error"] for row in run.rows()}
+    assert errors == {0: "", 1: rc.INTERRUPTED, 2: rc.CANCELLED}
+    assert len(server.requests) == 2
 
 
 def test_ctrl_c_with_urls_typed_at_a_terminal_does_not_wait_for_ctrl_d(
