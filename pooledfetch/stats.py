@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
+from pooledfetch import results as rc
 from pooledfetch.results import Result
 from pooledfetch.sink import Sink
 
@@ -17,6 +18,13 @@ MAX_TRACKED_HOSTS = 10_000
 OTHER_HOSTS = "(other hosts)"
 PERCENTILES = (50, 90, 95, 99)
 RATE_WINDOW_SECONDS = 5.0
+
+
+# Rows of URLs never sent: no request to count against their hosts.
+_NEVER_SENT = frozenset((rc.INVALID_URL, rc.CANCELLED))
+# Rows whose time says nothing of the server: never sent, lost with a worker, or cut short by
+# the user (an interrupted row given up after the grace period has no time at all, 0 ms).
+_NOT_TIMED = _NEVER_SENT | {rc.WORKER_LOST, rc.INTERRUPTED}
 
 
 class LatencyHistogram:
@@ -110,11 +118,11 @@ class RunStats(Sink):
             failed = failed or result.status >= 400
         if result.ttfb_ms is not None:
             self.ttfb.record(result.ttfb_ms)
-        if result.error not in ("invalid_url", "cancelled", "worker_lost"):
+        if result.error not in _NOT_TIMED:
             self.total_time.record(result.total_ms)
         if result.pool_wait_ms is not None:
             self.pool_wait.record(result.pool_wait_ms)
-        host = self._host(result)
+        host = self._host(result) if result.error not in _NEVER_SENT else None
         if host is not None:
             host.requests += 1
             host.failures += failed

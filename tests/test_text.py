@@ -199,6 +199,21 @@ def test_run_stats_counts():
     assert stats.errors == Counter({"dns": 2, "timeout": 1})
 
 
+def test_rows_cut_short_or_never_sent_stay_out_of_latency_and_host_figures():
+    """After Ctrl-C, rows given up after the grace period (0 ms) pulled the p50 to 0.01 ms, and
+    cancelled rows, never sent, counted as requests and errors of their host."""
+    stats = RunStats()
+    stats.write(make_result(total_ms=40.0, final_url="http://a.test/1"))
+    stats.write(failed("interrupted", total_ms=0.0, final_url="http://a.test/2"))
+    stats.write(failed("cancelled", total_ms=0.0, final_url="http://a.test/3"))
+    stats.write(failed("timeout", total_ms=1000.0, final_url="http://a.test/4"))
+    assert stats.total == 4
+    assert stats.total_time.count == 2
+    assert 39.0 < stats.total_time.percentile(50) <= 41.0
+    host = stats.hosts["a.test"]
+    assert (host.requests, host.failures) == (3, 2)
+
+
 def test_summary_line_exact():
     stats = RunStats(started=100.0)
     stats.write(make_result(bytes=1000))
