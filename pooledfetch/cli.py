@@ -13,7 +13,7 @@ import sys
 import threading
 from collections.abc import Iterable, Iterator
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import FrameType
 from typing import TYPE_CHECKING, Any, NoReturn
 
@@ -48,21 +48,38 @@ def _fail(message: str, code: ExitCode) -> NoReturn:
     sys.exit(code)
 
 
+@dataclass(frozen=True)
+class _Stops:
+    """A run's stops: `cancel` (send nothing more) and `hurry` (nor wait for what is on the wire)."""
+
+    cancel: threading.Event = field(default_factory=threading.Event)
+    hurry: threading.Event = field(default_factory=threading.Event)
+
+
+def _notice(message: str) -> None:
+    try:
+        sys.stderr.write(f"\npooledfetch: {message}\n")
+    except OSError:
+        pass  # a terminal that hung up: the exports still get their rows and ends
+
+
 @contextmanager
-def _graceful_interrupts(cancel: threading.Event) -> Iterator[None]:
-    """First Ctrl-C (or SIGTERM, or a hang-up): stop submitting and wind down. Second: quit at once."""
+def _graceful_interrupts(stops: _Stops) -> Iterator[None]:
+    """First Ctrl-C (or SIGTERM, or a hang-up): stop submitting and wind down. Second: stop
+    waiting for the requests in flight; every line still gets its row. Third: quit at once."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
 
     def handler(signum: int, frame: FrameType | None) -> None:
-        if cancel.is_set():
+        if stops.hurry.is_set():
             raise KeyboardInterrupt
-        cancel.set()
-        try:
-            sys.stderr.write("\npooledfetch: interrupted: finishing requests in flight (Ctrl-C again to quit now)\n")
-        except OSError:
-            pass  # a terminal that hung up: the exports still get their rows and ends
+        if stops.cancel.is_set():
+            stops.hurry.set()
+            _notice("interrupted again: not waiting for requests in flight (Ctrl-C again to quit at once, rows unwritten)")
+        else:
+            stops.cancel.set()
+            _notice("interrupted: finishing requests in flight (Ctrl-C again not to wait for them)")
 
     previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
     try:
@@ -131,12 +148,12 @@ def _run(options: dict[str, Any]) -> ExitCode:
 
         warnings.simplefilter("ignore", InsecureRequestWarning)
 
-    cancel = threading.Event()
+    stops = _Stops()
     interrupted = False
     try:
         # From the start: a Ctrl-C, SIGTERM or hang-up while the exports open or a --resume file
         # is read still gives every line its row (cancelled) and every export its end.
-        with _graceful_interrupts(cancel), ExitStack() as stack:
+        with _graceful_interrupts(stops), ExitStack() as stack:
             base_url = options["base_url"]
             if options["demo"]:
                 from pooledfetch.demo import DemoServer
@@ -211,10 +228,10 @@ def _run(options: dict[str, Any]) -> ExitCode:
                 outputs.sinks.append(stack.enter_context(resumed))
 
             fetcher = transport or _cluster_client(stack, options, config)
-            _consume(source, options["demo"], config, cancel, outputs, progress, resume_state, changes, fetcher)
+            _consume(source, options["demo"], config, stops, outputs, progress, resume_state, changes, fetcher)
     except KeyboardInterrupt:
         interrupted = True
-    interrupted = interrupted or cancel.is_set()
+    interrupted = interrupted or stops.cancel.is_set()
 
     if interrupted:
         return ExitCode.INTERRUPTED
@@ -371,7 +388,7 @@ def _consume(
     source: Input,
     demo: bool,
     config: FetchConfig,
-    cancel: threading.Event,
+    stops: _Stops,
     outputs: _Outputs,
     progress: RunProgress,
     resume_state: ResumeState | None,
@@ -419,13 +436,22 @@ def _consume(
             targets,
             config,
             fetcher.client,
-            cancel=cancel,
+            cancel=stops.cancel,
+            hurry=stops.hurry,
             progress=progress,
             chunk_size=fetcher.chunk_size,
             idle=outputs.flush,
         )
     else:
-        results = run(targets, config, cancel=cancel, progress=progress, transport=fetcher, idle=outputs.flush)
+        results = run(
+            targets,
+            config,
+            cancel=stops.cancel,
+            hurry=stops.hurry,
+            progress=progress,
+            transport=fetcher,
+            idle=outputs.flush,
+        )
     annotated = results if changes is None else changes.track(results)
     try:
         for result in annotated:

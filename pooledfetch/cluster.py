@@ -169,18 +169,19 @@ def run_on_cluster(
     client: distributed.Client,
     *,
     cancel: threading.Event | None = None,
+    hurry: threading.Event | None = None,
     progress: RunProgress | None = None,
     chunk_size: int | None = None,
     idle: Callable[[], None] | None = None,
 ) -> Generator[Result, None, None]:
     """engine.run's contract on a Dask cluster: one Result per target, in completion order
-    (`idle` as engine.run's).
+    (`idle`, `cancel` and `hurry` as engine.run's).
 
     Raises ClusterError after the last row when the scheduler was lost during the run (the rows
     it took with it are `worker_lost`).
     """
     dispatch = _Dispatch(targets, config, client, progress or RunProgress(), chunk_size, idle)
-    results = dispatch.run(cancel or threading.Event())
+    results = dispatch.run(cancel or threading.Event(), hurry or threading.Event())
     return results if dispatch.keeper is None else _sorted(dispatch.keeper, results)
 
 
@@ -266,7 +267,7 @@ class _Dispatch:
         # Re-registering replaces the plugin on every worker; the Transports it closes reopen on use.
         client.register_plugin(TransportPlugin())
 
-    def run(self, cancel: threading.Event) -> Generator[Result, None, None]:
+    def run(self, cancel: threading.Event, hurry: threading.Event) -> Generator[Result, None, None]:
         lost: str | None = None
         try:
             while not cancel.is_set():
@@ -279,7 +280,7 @@ class _Dispatch:
                     yield from self._invalid_rows()  # any read by that last look at the input
                     return
                 yield from self._collect(_POLL_SECONDS)
-            yield from self._wind_down()
+            yield from self._wind_down(hurry)
         except _SchedulerLost as exc:
             lost = str(exc)
             yield from self._abandon(rc.WORKER_LOST, f"the Dask scheduler was lost: {lost}")
@@ -391,8 +392,9 @@ class _Dispatch:
         if holder is not None and scheduler is not None:
             self._client.sync(scheduler.multi_lock_release, id=holder)
 
-    def _wind_down(self) -> Iterator[Result]:
-        """Ctrl-C: no more chunks; running ones stop starting requests and return their rows."""
+    def _wind_down(self, hurry: threading.Event) -> Iterator[Result]:
+        """Ctrl-C: no more chunks; running ones stop starting requests and return their rows
+        (not waited for once `hurry` is set)."""
         try:
             self._cancel_event.set()
         except (OSError, TimeoutError):
@@ -401,7 +403,7 @@ class _Dispatch:
             yield error_result(target, self._config, rc.CANCELLED, "run interrupted before this URL was sent")
         yield from self._invalid_rows()
         deadline = time.monotonic() + CANCEL_WAIT_SECONDS
-        while self._in_flight and time.monotonic() < deadline:
+        while self._in_flight and time.monotonic() < deadline and not hurry.is_set():
             try:
                 yield from self._collect(_POLL_SECONDS)
             except _SchedulerLost:

@@ -86,6 +86,7 @@ def run(
     config: FetchConfig,
     *,
     cancel: threading.Event | None = None,
+    hurry: threading.Event | None = None,
     grace_seconds: float = DEFAULT_GRACE_SECONDS,
     progress: RunProgress | None = None,
     transport: Transport | None = None,
@@ -101,11 +102,15 @@ def run(
     `idle` is called on the consuming thread when no result has come for a poll interval
     (the CLI flushes its sinks then).
 
+    Once `cancel` is set, requests on the wire get `grace_seconds` to finish; setting `hurry`
+    too ends that wait at once (their rows are `interrupted`), and the rest are still `cancelled`.
+
     A `transport` given by the caller (a Dask worker's, kept across chunks) is used and left
     open; so is its `limiter`, made for this run with the same config and accounting, and its
     `executor` (at least `config.workers` threads), whose threads then outlive the run.
     """
     cancel = cancel or threading.Event()
+    hurry = hurry or threading.Event()
     progress = progress or RunProgress()
     abandon = threading.Event()
     # What this run makes it also closes (the last made, the first closed); a caller's is left open.
@@ -131,7 +136,7 @@ def run(
     feed.on_arrival(flight.wake)
     try:
         source = window or _InputOrder(feed, keeper)
-        results = _stages(source, flight, config, cancel, limiter, keeper, abandon, grace_seconds)
+        results = _stages(source, flight, config, cancel, limiter, keeper, abandon, grace_seconds, hurry)
         yield from results if keeper is None else keeper.sort(results)
     finally:
         if limiter is not None:
@@ -150,6 +155,7 @@ def _stages(
     keeper: KeepOrder | None,
     abandon: threading.Event,
     grace_seconds: float,
+    hurry: threading.Event,
 ) -> Iterator[Result]:
     yield from _submit(source, flight, config, cancel, limiter, keeper)
     if not cancel.is_set():
@@ -162,7 +168,7 @@ def _stages(
     if flight.pending:
         if limiter is not None:
             limiter.stop()  # nor during the grace period given to requests on the wire
-        yield from _wind_down(flight, config, abandon, grace_seconds)
+        yield from _wind_down(flight, config, abandon, grace_seconds, hurry)
     # Only once nothing is in flight: in input order, these rows then go out at once, not held.
     for target in source.drain():
         yield error_result(target, config, rc.CANCELLED, "run interrupted before this URL was sent")
@@ -399,13 +405,14 @@ class _InFlight:
 
 
 def _wind_down(
-    flight: _InFlight, config: FetchConfig, abandon: threading.Event, grace_seconds: float
+    flight: _InFlight, config: FetchConfig, abandon: threading.Event, grace_seconds: float, hurry: threading.Event
 ) -> Iterator[Result]:
-    """Cancel what has not started; give what is on the wire `grace_seconds`, then abandon it."""
+    """Cancel what has not started; give what is on the wire `grace_seconds` (unless `hurry` is
+    set), then abandon it."""
     for target in flight.unstarted():
         yield error_result(target, config, rc.CANCELLED, "run interrupted before this URL was sent")
     deadline = time.monotonic() + grace_seconds
-    while flight.pending and time.monotonic() < deadline:
+    while flight.pending and time.monotonic() < deadline and not hurry.is_set():
         yield from flight.collect(min(_POLL_SECONDS, max(0.0, deadline - time.monotonic())))
     abandon.set()
     # Body loops notice `abandon` between reads; a thread blocked in a read is left behind.

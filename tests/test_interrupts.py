@@ -114,7 +114,8 @@ def test_one_signal_winds_down_with_one_row_per_line(server: HostileServer, tmp_
     assert len(server.requests) == 4  # nothing was sent after the signal
 
 
-def test_a_second_ctrl_c_quits_at_once_with_valid_exports(server: HostileServer, tmp_path: Path) -> None:
+def test_a_second_ctrl_c_stops_waiting_and_still_gives_every_line_a_row(server: HostileServer, tmp_path: Path) -> None:
+    """It used to quit with the rows written so far: 4 of 20 lines had one."""
     lines = [server.url(f"silent?i={i}") for i in range(20)]
     run = Run(tmp_path, lines, "-w", "4", "--retries", "0", "--read-timeout", "30", *exports(tmp_path))
     wait_until(lambda: len(server.requests) >= 4, what="4 requests in flight")
@@ -124,9 +125,27 @@ def test_a_second_ctrl_c_quits_at_once_with_valid_exports(server: HostileServer,
     assert run.wait(DEFAULT_GRACE_SECONDS + 5) == ExitCode.INTERRUPTED, run.stderr
     assert time.monotonic() - first < DEFAULT_GRACE_SECONDS - 1.0, "the second Ctrl-C did not cut the grace short"
     assert "Traceback" not in run.stderr
+    assert "20 URLs:" in run.stderr
     for name, rows in read_exports(tmp_path).items():
-        rows_by_index = by_index(rows)
-        assert set(rows_by_index) <= set(range(20)), name
+        errors = [row["error"] for _, row in sorted(by_index(rows).items())]
+        assert errors == [rc.INTERRUPTED] * 4 + [rc.CANCELLED] * 16, name
+
+
+def test_a_third_ctrl_c_quits_at_once_with_valid_exports(server: HostileServer, tmp_path: Path) -> None:
+    """After the second, the rest of a long input is being given its rows: the third quits now."""
+    lines = [server.url("silent")] + [f"http://127.0.0.1:9/never-sent?i={i}" for i in range(400_000)]
+    run = Run(tmp_path, lines, "-q", "-w", "1", "--retries", "0", "--read-timeout", "30", *exports(tmp_path))
+    wait_until(lambda: len(server.requests) == 1, what="the request in flight")
+    run.signal(signal.SIGINT)
+    time.sleep(0.3)
+    run.signal(signal.SIGINT)
+    time.sleep(0.3)
+    third = run.signal(signal.SIGINT)
+    assert run.wait(DEFAULT_GRACE_SECONDS + 30) == ExitCode.INTERRUPTED, run.stderr
+    assert time.monotonic() - third < 5.0
+    assert "Traceback" not in run.stderr
+    for name, rows in read_exports(tmp_path).items():
+        assert set(by_index(rows)) <= set(range(len(lines))), name
         assert {row["error"] for row in rows} <= {rc.CANCELLED, rc.INTERRUPTED}, name
 
 
