@@ -76,7 +76,7 @@ def _graceful_interrupts(stops: _Stops) -> Iterator[None]:
             raise KeyboardInterrupt
         if stops.cancel.is_set():
             stops.hurry.set()
-            _notice("interrupted again: not waiting for requests in flight (Ctrl-C again to quit at once, rows unwritten)")
+            _notice("interrupted again: not waiting for requests in flight (Ctrl-C again to quit at once)")
         else:
             stops.cancel.set()
             _notice("interrupted: finishing requests in flight (Ctrl-C again not to wait for them)")
