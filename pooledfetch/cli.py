@@ -139,7 +139,7 @@ def _run(options: dict[str, Any]) -> ExitCode:
         inputs = ("-",)
     if options["reorder_window"] is not None and not options["keep_order"]:
         raise click.UsageError("--reorder-window needs --keep-order")
-    _check_one_writer_per_file(options)
+    _check_files(options, inputs)
     if options["insecure"]:
         # The user asked for it once; urllib3 would otherwise warn once per connection.
         import warnings
@@ -326,11 +326,26 @@ def _open_outputs(
     return _Outputs(sinks, view, live)
 
 
-def _check_one_writer_per_file(options: dict[str, Any]) -> None:
-    """Two outputs on one file would truncate, interleave or overwrite each other's rows."""
+def _check_files(options: dict[str, Any], inputs: tuple[str, ...]) -> None:
+    """Before any file opens: every export's format is known, no file is written by two outputs
+    (they would truncate, interleave or overwrite each other's rows) and none is an input (an
+    export would empty it before it is read)."""
+    from pooledfetch.errors import ExportError
+    from pooledfetch.export import format_for
+
+    for path in options["outputs"]:
+        try:
+            format_for(path, options["export_format"])
+        except ExportError as exc:
+            raise click.UsageError(str(exc)) from None
+    if options["outputs"].count("-") > 1:
+        raise click.UsageError("-o - is given twice: stdout carries one JSONL stream")
+    summary = options["summary_json"]
+    if summary and (os.path.isdir(summary) or not os.path.isdir(os.path.dirname(os.path.abspath(summary)))):
+        raise click.UsageError(f"--summary-json {summary!r}: name a file in an existing directory")
+    seen = {os.path.realpath(path): f"input {path}" for path in inputs if path != "-" and os.path.isfile(path)}
     written = [(f"-o {path}", path) for path in options["outputs"] if path != "-"]
     written += [(f"--{name.replace('_', '-')}", options[name]) for name in ("resume", "summary_json") if options[name]]
-    seen: dict[str, str] = {}
     for flag, path in written:
         if os.path.exists(path) and not os.path.isfile(path):
             continue  # /dev/null, a terminal or a pipe: not a file of rows to spoil
