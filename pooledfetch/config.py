@@ -142,8 +142,7 @@ class FetchConfig:
         if self.default_scheme not in FETCHABLE_SCHEMES:
             raise ConfigError("--default-scheme must be http or https")
         if self.base_url is not None:
-            parts = urlsplit(self.base_url)
-            if parts.scheme not in FETCHABLE_SCHEMES or not parts.hostname:
+            if not _absolute_http(self.base_url):
                 raise ConfigError(
                     f"--base-url {self.base_url!r} must be an absolute http(s) URL, e.g. https://example.com/"
                 )
@@ -156,13 +155,23 @@ class FetchConfig:
             raise ConfigError("--key needs --cert: the client certificate it belongs to")
         if self.save_dir is not None and not os.path.isdir(self.save_dir):
             raise ConfigError(f"--save-dir {self.save_dir!r} is not a directory")
-        if self.proxy is not None:
-            parts = urlsplit(self.proxy)
-            if parts.scheme not in FETCHABLE_SCHEMES or not parts.hostname:
-                raise ConfigError(f"--proxy {self.proxy!r} must be an http:// or https:// URL with a host")
+        if self.proxy is not None and not _absolute_http(self.proxy):
+            raise ConfigError(
+                f"--proxy {self.proxy!r} must be an http:// or https:// URL with a host (and a valid port)"
+            )
         for name, value in self.cookies:
             if not _TOKEN.match(name) or any(ch in value for ch in ";\r\n\0"):
                 raise ConfigError(f"cookie {name!r} is not valid: use --cookie 'name=value'")
+
+
+def _absolute_http(url: str) -> bool:
+    """An http(s) URL with a host and, if it names one, a port in range."""
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError when out of range
+    except ValueError:  # also an unclosed [IPv6 bracket
+        return False
+    return parts.scheme in FETCHABLE_SCHEMES and bool(parts.hostname)
 
 
 def _option(field_name: str) -> str:

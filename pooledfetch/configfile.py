@@ -25,8 +25,8 @@ def load_defaults(path: str, command: click.Command) -> dict[str, Any]:
             document = tomllib.load(stream)
     except OSError as exc:
         raise click.BadParameter(f"cannot read {path!r}: {exc.strerror or exc}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise click.BadParameter(f"{path!r} is not valid TOML: {exc}") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise click.BadParameter(f"{path!r} is not valid TOML (UTF-8): {exc}") from None
     table = _options_table(document, path)
     names = option_names(command)
     defaults: dict[str, Any] = {}

@@ -6,6 +6,7 @@ Kept apart from cli.py, which turns the values into a FetchConfig and a run: one
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from collections.abc import Callable
@@ -101,9 +102,27 @@ def processes(ctx: click.Context, param: click.Parameter, value: str | None) -> 
         return None
     if value.strip().lower() == "auto":
         return os.cpu_count() or 1
-    if not value.strip().isdigit() or int(value) < 1:
-        raise click.BadParameter(f"{value!r} is not a number of processes (1 or more) or 'auto'")
+    if not value.strip().isdigit() or not 1 <= int(value) <= MAX_PROCESSES:
+        raise click.BadParameter(f"{value!r} is not a number of processes (1 to {MAX_PROCESSES}) or 'auto'")
     return int(value)
+
+
+class FiniteRange(click.FloatRange):
+    """A FloatRange that refuses inf and nan: a timeout of inf overflowed a timestamp in every
+    request, and nan passes every comparison."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        return number
+
+
+# Threads per process (--workers), and connections per host (--pool-maxsize, whose pools hold
+# a slot for each): far past what one process can use, short of what exhausts its memory.
+MAX_THREADS = 10_000
+# Worker processes (--processes): a LocalCluster of more is no longer "this machine".
+MAX_PROCESSES = 1024
 
 
 _DECLARATIONS: list[Callable[[Any], Any]] = [
@@ -124,7 +143,12 @@ _DECLARATIONS: list[Callable[[Any], Any]] = [
         help="Export format for every -o, instead of the file extension.",
     ),
     click.option("-q", "--quiet", is_flag=True, help="No per-URL lines and no summary."),
-    click.option("-w", "--workers", type=click.IntRange(min=1), help="Worker threads.  [default: --pool-maxsize]"),
+    click.option(
+        "-w",
+        "--workers",
+        type=click.IntRange(min=1, max=MAX_THREADS),
+        help="Worker threads.  [default: --pool-maxsize]",
+    ),
     click.option(
         "--pool-connections",
         type=click.IntRange(min=1),
@@ -134,7 +158,7 @@ _DECLARATIONS: list[Callable[[Any], Any]] = [
     ),
     click.option(
         "--pool-maxsize",
-        type=click.IntRange(min=1),
+        type=click.IntRange(min=1, max=MAX_THREADS),
         default=cfg.DEFAULT_POOL_MAXSIZE,
         show_default=True,
         help="Connections kept open per host.",
@@ -154,7 +178,7 @@ _DECLARATIONS: list[Callable[[Any], Any]] = [
     ),
     click.option(
         "--backoff-factor",
-        type=click.FloatRange(min=0),
+        type=FiniteRange(min=0),
         default=cfg.DEFAULT_BACKOFF_FACTOR,
         show_default=True,
         help="Exponential backoff between retries: factor × 2^(retry-1) seconds.",
@@ -168,7 +192,7 @@ _DECLARATIONS: list[Callable[[Any], Any]] = [
     ),
     click.option(
         "--max-retry-wait",
-        type=click.FloatRange(min=0),
+        type=FiniteRange(min=0),
         default=cfg.DEFAULT_MAX_RETRY_WAIT,
         show_default=True,
         metavar="S",
@@ -176,32 +200,32 @@ _DECLARATIONS: list[Callable[[Any], Any]] = [
     ),
     click.option(
         "--connect-timeout",
-        type=click.FloatRange(min=0, min_open=True),
+        type=FiniteRange(min=0, min_open=True),
         metavar="S",
         help="Seconds to connect (also the longest wait for a free pooled connection)."
         f"  [default: {cfg.DEFAULT_CONNECT_TIMEOUT:g}]",
     ),
     click.option(
         "--read-timeout",
-        type=click.FloatRange(min=0, min_open=True),
+        type=FiniteRange(min=0, min_open=True),
         metavar="S",
         help=f"Seconds of silence allowed between bytes from the server.  [default: {cfg.DEFAULT_READ_TIMEOUT:g}]",
     ),
     click.option(
         "--timeout",
-        type=click.FloatRange(min=0, min_open=True),
+        type=FiniteRange(min=0, min_open=True),
         metavar="S",
         help="Set both --connect-timeout and --read-timeout.",
     ),
     click.option(
         "--max-time",
-        type=click.FloatRange(min=0, min_open=True),
+        type=FiniteRange(min=0, min_open=True),
         metavar="S",
         help="Deadline per URL: connect, redirects, retries and their waits, and the body (like curl -m).",
     ),
     click.option(
         "--rate",
-        type=click.FloatRange(min=0, min_open=True),
+        type=FiniteRange(min=0, min_open=True),
         metavar="N",
         help="At most N requests per second overall, evenly spaced (each redirect hop counts).",
     ),
@@ -213,7 +237,7 @@ _DECLARATIONS: list[Callable[[Any], Any]] = [
     ),
     click.option(
         "--per-host-rate",
-        type=click.FloatRange(min=0, min_open=True),
+        type=FiniteRange(min=0, min_open=True),
         metavar="N",
         help="At most N requests per second to any one host, evenly spaced.",
     ),
@@ -312,7 +336,7 @@ _DECLARATIONS: list[Callable[[Any], Any]] = [
     ),
     click.option(
         "--slower-ratio",
-        type=click.FloatRange(min=1),
+        type=FiniteRange(min=1),
         default=2.0,
         show_default=True,
         metavar="R",
@@ -320,7 +344,7 @@ _DECLARATIONS: list[Callable[[Any], Any]] = [
     ),
     click.option(
         "--slower-ms",
-        type=click.FloatRange(min=0),
+        type=FiniteRange(min=0),
         default=250.0,
         show_default=True,
         metavar="MS",

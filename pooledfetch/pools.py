@@ -12,6 +12,7 @@ import socket
 import threading
 import time
 import weakref
+from collections import deque
 from collections.abc import Callable
 from dataclasses import astuple, dataclass
 from http.client import HTTPException
@@ -354,12 +355,17 @@ class _AccountedQueue(queue.LifoQueue[Any]):
             self.accounting.discarded()
             raise
 
+    def _init(self, maxsize: int) -> None:
+        # A deque: empty slots go in at the bottom, which a list does in time growing with the
+        # pool (urllib3 fills a pool of --pool-maxsize 1000000 slot by slot: quadratic).
+        self.queue: deque[Any] = deque()  # type: ignore[assignment]
+
     def _put(self, item: Any) -> None:
         # Empty slots go under the idle connections, so taking an empty slot off the top means
         # no connection is idle (urllib3 puts one back on top after an error, and the next taker
         # opened a new connection with idle ones beneath it).
         if item is None:
-            self.queue.insert(0, item)
+            self.queue.appendleft(item)
         else:
             self.queue.append(item)
 

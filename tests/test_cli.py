@@ -90,6 +90,12 @@ def test_missing_input_file_is_a_usage_error(tmp_path: Path) -> None:
         (["--pool-maxsize", "0"], "--pool-maxsize"),
         (["-o", "results.xlsx"], "export format"),
         (["-d", "@/no/such/file"], "cannot read body file"),
+        (["--timeout", "inf"], "not a finite number"),  # every URL was an OverflowError
+        (["--connect-timeout", "nan"], "not a finite number"),
+        (["--pool-maxsize", "1000000"], "--pool-maxsize"),  # urllib3 filled its slots for minutes
+        (["--processes", "99999999999"], "number of processes"),  # a LocalCluster to run out of memory
+        (["--base-url", "http://[::1"], "--base-url"),  # unexpected ValueError
+        (["-x", "http://127.0.0.1:99999"], "--proxy"),  # every URL blamed as invalid_url
     ],
 )
 def test_bad_options_exit_2_with_one_clear_line(tmp_path: Path, args: list[str], message: str) -> None:
@@ -318,3 +324,13 @@ def test_outputs_that_would_spoil_a_file_are_usage_errors_before_any_opens(
     assert rows.read_text() == '{"index": 0, "url": "kept"}\n'
     assert Path(path).read_text() == f"{demo_server.base_url}/get\n"
     assert demo_server.requests == served
+
+
+def test_a_config_file_that_is_not_utf8_is_one_clear_line(tmp_path: Path) -> None:
+    """It was a 33-line traceback ending in UnicodeDecodeError."""
+    config = tmp_path / "bad.toml"
+    config.write_bytes(b"\xff\xfeworkers = 4\n")
+    code, out, err = run(url_file(tmp_path, ["http://127.0.0.1:9/"]), "--config", str(config))
+    assert code == ExitCode.USAGE
+    assert "is not valid TOML (UTF-8)" in err
+    assert "Traceback" not in err and out == ""
