@@ -20,27 +20,45 @@ from pooledfetch.sources import Target
 from pooledfetch.text import mask_credentials
 
 UNFINISHED = (CANCELLED, INTERRUPTED, WORKER_LOST)
+# Indexes an array grows by at once past twice its length: a row list with small gaps stays in it.
+_DENSE_SLACK = 1 << 20
 
 
 class ResumeState:
-    """Which indexes already have a finished row, and for which URL: 4 bytes per index."""
+    """Which indexes already have a finished row, and for which URL: 4 bytes per index, in an
+    array as long as the rows are dense; an index far past them (a file not written by one run
+    of the same input) goes to a dict, so memory follows the rows, not the largest index."""
 
     def __init__(self) -> None:
         self._fingerprints = array("I")
+        self._far: dict[int, int] = {}
         self.finished = 0
 
     def record(self, index: int, url: str) -> bool:
         """Remember a finished row; False when the index already had one."""
-        if index >= len(self._fingerprints):
-            self._fingerprints.extend(bytes(4 * (index + 1 - len(self._fingerprints))))
-        if self._fingerprints[index]:
+        if index < 0:
+            return False  # no line has it: not a row of this input
+        dense = index < 2 * len(self._fingerprints) + _DENSE_SLACK
+        if dense and index >= len(self._fingerprints):
+            missing = index + 1 - len(self._fingerprints)
+            self._fingerprints.frombytes(bytes(self._fingerprints.itemsize * missing))
+        if self._fingerprint_at(index):
             return False
-        self._fingerprints[index] = _fingerprint(url)
+        if dense:
+            self._fingerprints[index] = _fingerprint(url)
+        else:
+            self._far[index] = _fingerprint(url)
         self.finished += 1
         return True
 
     def is_finished(self, index: int, url: str) -> bool:
-        return index < len(self._fingerprints) and self._fingerprints[index] == _fingerprint(url)
+        return self._fingerprint_at(index) == _fingerprint(url)
+
+    def _fingerprint_at(self, index: int) -> int:
+        # The array may have grown past an index kept in the dict before.
+        if index < len(self._fingerprints) and self._fingerprints[index]:
+            return self._fingerprints[index]
+        return self._far.get(index, 0)
 
     def pending(self, targets: Iterable[Target], skipped: Callable[[Target], None] | None = None) -> Iterator[Target]:
         """The targets that still need a row, matched by index and by URL; `skipped` hears of the others."""

@@ -21,6 +21,7 @@ from pooledfetch import results as rc
 from pooledfetch.engine import DEFAULT_GRACE_SECONDS
 from pooledfetch.errors import ExitCode
 from pooledfetch.results import FIELDS
+from pooledfetch.resume import ResumeState
 
 StartServer = Callable[..., HostileServer]
 
@@ -296,6 +297,31 @@ def test_resume_keeps_the_finished_rows_written_after_unfinished_ones(server: Ho
     assert run.wait(20) == ExitCode.OK, run.stderr
     rows = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
     assert sorted(by_index(rows)) == [0, 1, 2, 3]
+    assert sorted(request.query["i"] for request in server.requests_to("ok")) == ["0", "2"]
+
+
+def test_resume_state_keeps_four_bytes_per_index() -> None:
+    """The array grew by four entries per index (extend() over zero bytes): 16 bytes each."""
+    state = ResumeState()
+    for index in range(1000):
+        assert state.record(index, f"http://a.test/{index}")
+    assert len(state._fingerprints) == 1000
+    assert state.record(5_000_000_000, "http://a.test/far") and state.is_finished(5_000_000_000, "http://a.test/far")
+    assert len(state._fingerprints) == 1000  # an index far past the rows does not grow the array
+    assert not state.record(-1, "http://a.test/") and not state.record(7, "http://a.test/7")
+
+
+def test_resume_survives_rows_with_indexes_no_input_has(server: HostileServer, tmp_path: Path) -> None:
+    """Index 99999999999 was a MemoryError, 3000000000 grew the process to 24 GB, -1 an IndexError."""
+    lines = [server.url(f"ok?i={i}") for i in range(3)]
+    out = tmp_path / "out.jsonl"
+    previous = [
+        {"index": index, "url": "http://127.0.0.1:9/x", "error": ""} for index in (-1, 3_000_000_000, 99999999999)
+    ]
+    previous.append({"index": 1, "url": lines[1], "error": "", "status": 200})
+    out.write_text("".join(json.dumps(row) + "\n" for row in previous), encoding="utf-8")
+    run = Run(tmp_path, lines, "-q", "--resume", str(out))
+    assert run.wait(20) == ExitCode.OK, run.stderr
     assert sorted(request.query["i"] for request in server.requests_to("ok")) == ["0", "2"]
 
 
