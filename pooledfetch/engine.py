@@ -157,7 +157,12 @@ def _stages(
     grace_seconds: float,
     hurry: threading.Event,
 ) -> Iterator[Result]:
-    yield from _submit(source, flight, config, cancel, limiter, keeper)
+    input_error: Exception | None = None
+    try:
+        yield from _submit(source, flight, config, cancel, limiter, keeper)
+    except Exception as exc:  # noqa: BLE001 - raised below, once the URLs sent have their rows
+        # The input failed part way (a file that cannot be read, a later file's other header).
+        input_error = exc
     if not cancel.is_set():
         # Every target is handed out: a worker loop that finds the inbox empty now ends, and
         # its thread of a shared executor is free for the next run's loops (a Dask worker
@@ -169,6 +174,8 @@ def _stages(
         if limiter is not None:
             limiter.stop()  # nor during the grace period given to requests on the wire
         yield from _wind_down(flight, config, abandon, grace_seconds, hurry)
+    if input_error is not None:
+        raise input_error
     # Only once nothing is in flight: in input order, these rows then go out at once, not held.
     for target in source.drain():
         yield error_result(target, config, rc.CANCELLED, "run interrupted before this URL was sent")

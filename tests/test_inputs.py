@@ -181,6 +181,21 @@ def test_bad_table_inputs_are_usage_errors(
     assert message in err
 
 
+def test_stdin_with_other_columns_keeps_the_rows_of_the_urls_already_fetched(
+    demo_server: DemoServer, tmp_path: Path
+) -> None:
+    """stdin's header is read only when the run reaches it: the file's URLs were fetched, and their
+    rows were lost to the error (an empty export, no summary)."""
+    base = demo_server.base_url
+    first = tmp_path / "a.csv"
+    first.write_text(f"name,url\nA,{base}/get\nB,{base}/bytes/3\n", encoding="utf-8")
+    out = tmp_path / "out.jsonl"
+    code, _, err = run(str(first), "-", "-q", "-o", str(out), input=b"q\n1\n")
+    assert code == ExitCode.USAGE
+    assert "stdin has other columns than" in err and "Traceback" not in err
+    assert sorted(row["index"] for row in read_jsonl(out)) == [0, 1]
+
+
 def test_column_names_clashing_with_result_fields_get_a_prefix(tmp_path: Path) -> None:
     source = tmp_path / "t.csv"
     source.write_text("url,status,input_status,,error\n", encoding="utf-8")
