@@ -118,6 +118,16 @@ class FiniteRange(click.FloatRange):
         return number
 
 
+class OnePerLine(click.types.StringParamType):
+    """Text, given one value per line in its POOLEDFETCH_ variable: a header value or a path may
+    hold spaces, which click's default splits on."""
+
+    envvar_list_splitter = "\n"
+
+
+ONE_PER_LINE = OnePerLine()
+
+
 # Threads per process (--workers), and connections per host (--pool-maxsize, whose pools hold
 # a slot for each): far past what one process can use, short of what exhausts its memory.
 MAX_THREADS = 10_000
@@ -133,6 +143,7 @@ _DECLARATIONS: list[Callable[[Any], Any]] = [
         "--output",
         "outputs",
         multiple=True,
+        type=ONE_PER_LINE,
         metavar="PATH",
         help="Export results (.csv, .json, .jsonl/.ndjson; '-' is JSONL on stdout). Repeatable.",
     ),
@@ -253,6 +264,7 @@ _DECLARATIONS: list[Callable[[Any], Any]] = [
         "--header",
         "headers",
         multiple=True,
+        type=ONE_PER_LINE,
         metavar="'NAME: VALUE'",
         help="Add or override a request header; 'Name:' removes a default one. Repeatable.",
     ),
@@ -264,6 +276,7 @@ _DECLARATIONS: list[Callable[[Any], Any]] = [
         "--cookie",
         "cookies",
         multiple=True,
+        type=ONE_PER_LINE,
         metavar="'NAME=VALUE'",
         help="Send this cookie with every request (never to another host on a redirect). Repeatable.",
     ),
@@ -395,4 +408,15 @@ def fetch_options(function: F) -> F:
     """Apply every argument and option declaration to `function`, first declared first listed."""
     for declaration in reversed(_DECLARATIONS):
         function = declaration(function)
+    for param in getattr(function, "__click_params__", []):
+        _name_its_variable(param)
     return function
+
+
+def _name_its_variable(param: click.Parameter) -> None:
+    """`POOLEDFETCH_<OPTION>` as the option is spelt (`--header`: POOLEDFETCH_HEADER), where
+    click's automatic name would be the parameter's (POOLEDFETCH_HEADERS), which still works."""
+    spelt = next((opt[2:] for opt in param.opts if opt.startswith("--")), None)
+    if spelt is None or param.name is None or spelt.replace("-", "_") == param.name:
+        return
+    param.envvar = [f"POOLEDFETCH_{name.replace('-', '_').upper()}" for name in (spelt, param.name)]

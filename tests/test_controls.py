@@ -59,6 +59,21 @@ def test_options_come_from_the_environment_and_the_command_line_wins(httpserver:
     assert [request.headers["User-Agent"] for request in seen] == ["from-env/1", "from-flag/2"]
 
 
+def test_options_named_otherwise_inside_take_their_variable_as_spelt(httpserver: HTTPServer, tmp_path: Path) -> None:
+    """POOLEDFETCH_HEADER and POOLEDFETCH_OUTPUT were ignored (only ..._HEADERS and ..._OUTPUTS,
+    the parameters' inner names, worked), and a header value's space split it in two."""
+    seen = _recording(httpserver)
+    urls = _url_file(tmp_path, httpserver.url_for("/seen"))
+    out = tmp_path / "rows.jsonl"
+    env = {"POOLEDFETCH_HEADER": "X-One: first value\nX-Two: second", "POOLEDFETCH_OUTPUT": str(out)}
+
+    result = CliRunner(env=env).invoke(cli, [urls, "-q"])
+
+    assert result.exit_code == 0, result.output
+    assert [(request.headers["X-One"], request.headers["X-Two"]) for request in seen] == [("first value", "second")]
+    assert len(out.read_text().splitlines()) == 1
+
+
 def test_a_config_file_sets_defaults_below_the_environment_and_the_command_line(
     httpserver: HTTPServer, tmp_path: Path
 ) -> None:
