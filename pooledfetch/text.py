@@ -33,11 +33,20 @@ def _escaped(match: re.Match[str]) -> str:
 _AUTHORITY = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.\-]*://)(?P<authority>[^/?#\s]*)")
 
 
+# An authority with a password but no scheme (`user:secret@host`, `//user:secret@host`), at the
+# start of a text or after a space or quote: an input line, or a message quoting one. Without a
+# colon before its "@" it may be an e-mail address, and is left alone.
+_BARE_AUTHORITY = re.compile(
+    r"(?:^|(?<=[\s'\"(<\[]))(?P<scheme>(?://)?)(?P<authority>[^\s/?#'\"@:]*:[^\s/?#'\"]*@[^\s/?#'\"@]*)"
+)
+
+
 def mask_credentials(text: str) -> str:
-    """`http://user:secret@host/` → `http://user:***@host/`; a lone user part (often a token) → `***@`."""
+    """`http://user:secret@host/` → `http://user:***@host/`; a lone user part (often a token) → `***@`;
+    `user:secret@host/` (no scheme) → `user:***@host/`."""
     if "@" not in text:
         return text
-    return _AUTHORITY.sub(_masked, text)
+    return _BARE_AUTHORITY.sub(_masked, _AUTHORITY.sub(_masked, text))
 
 
 def _masked(match: re.Match[str]) -> str:

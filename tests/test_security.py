@@ -19,6 +19,7 @@ from hostile import HostileServer, cli_command, offline_env
 from pooledfetch import results as rc
 from pooledfetch.demo import DemoServer
 from pooledfetch.results import FIELDS
+from pooledfetch.text import mask_credentials
 
 StartServer = Callable[..., HostileServer]
 
@@ -182,6 +183,34 @@ def test_credentials_are_masked_everywhere_by_default(server: HostileServer, tmp
     # Masked in the output only: the server still got the credentials.
     sent = {request.header("Authorization") for request in server.requests}
     assert "Basic " + base64.b64encode(b"alice:s3cret-pass").decode() in sent
+
+
+def test_credentials_of_a_line_without_a_scheme_are_masked(server: HostileServer, tmp_path: Path) -> None:
+    """`user:secret@host/` and `//user:secret@host/` (fetched with --default-scheme) showed the
+    password on stdout and in the `url` column: only a `scheme://` authority was masked."""
+    lines = [f"alice:s3cret-pass@127.0.0.1:{server.port}/ok", f"//alice:s3cret-pass@127.0.0.1:{server.port}/ok?2"]
+    done = run_cli(tmp_path, lines, "--default-scheme", "http", *exports(tmp_path))
+    assert done.returncode == 0, done.stderr
+    for where, text in all_output(done, tmp_path).items():
+        assert "s3cret-pass" not in text, where
+    rows = sorted(jsonl(tmp_path / "out.jsonl"), key=lambda row: row["index"])
+    assert [row["url"] for row in rows] == [
+        f"alice:***@127.0.0.1:{server.port}/ok",
+        f"//alice:***@127.0.0.1:{server.port}/ok?2",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("text", "masked"),
+    [
+        ("Failed to parse: 'user:pw@host/x'", "Failed to parse: 'user:***@host/x'"),
+        ("user:p@ss@host/x", "user:***@host/x"),
+        ("write to bob@example.com", "write to bob@example.com"),  # no password: maybe an address
+        ("http://u:p@h/ and v:q@k/", "http://u:***@h/ and v:***@k/"),
+    ],
+)
+def test_mask_credentials_in_free_text(text: str, masked: str) -> None:
+    assert mask_credentials(text) == masked
 
 
 def test_show_credentials_keeps_them(server: HostileServer, tmp_path: Path) -> None:
