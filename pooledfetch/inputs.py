@@ -44,6 +44,7 @@ from pooledfetch.sources import (
     read_lines,
     repeated,
     strip_line,
+    utf16,
 )
 
 LINES = "lines"
@@ -282,7 +283,8 @@ def _text(path: str) -> Iterator[TextIO]:
             binary = open(path, "rb")  # noqa: SIM115 - closed with the wrapper below
         except OSError as exc:
             raise InputError(f"cannot read input file {path!r}: {exc.strerror}") from exc
-    stream = io.TextIOWrapper(binary, encoding="utf-8-sig", errors="surrogateescape", newline="")
+    encoding = "utf-16" if utf16(binary) else "utf-8-sig"
+    stream = io.TextIOWrapper(binary, encoding=encoding, errors="surrogateescape", newline="")
     try:
         yield stream
     finally:

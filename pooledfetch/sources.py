@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import codecs
 import hashlib
+import io
 import re
 import sys
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import BinaryIO
 from urllib.parse import urljoin, urlsplit
@@ -57,21 +60,53 @@ class OverlongLine:
 
 
 def read_lines(paths: Sequence[str]) -> Iterator[bytes | OverlongLine]:
-    """Yield the raw lines of each file in turn (`-` is stdin), opening each only when reached."""
+    """Yield the raw lines of each file in turn (`-` is stdin), opening each only when reached;
+    as UTF-8 bytes where a file is UTF-16 (see utf16)."""
     for path in paths:
         if path == STDIN:
-            yield from _bounded_lines(sys.stdin.buffer)
+            with _utf8(sys.stdin.buffer) as lines:
+                yield from _bounded_lines(lines)
             continue
         try:
             stream = open(path, "rb")  # noqa: SIM115 - closed by the with below, opened lazily
         except OSError as exc:
             raise InputError(f"cannot read input file {path!r}: {exc.strerror}") from exc
-        with stream:
-            yield from _bounded_lines(stream)
+        with stream, _utf8(stream) as lines:
+            yield from _bounded_lines(lines)
 
 
-def _bounded_lines(stream: Iterable[bytes]) -> Iterator[bytes | OverlongLine]:
-    readline = getattr(stream, "readline")  # noqa: B009 - file objects and sys.stdin.buffer
+def utf16(stream: BinaryIO) -> bool:
+    """True when `stream` starts with a UTF-16 byte order mark, as Windows PowerShell's `>` and
+    Notepad's "Unicode" write a text file (read as UTF-8, every line is NUL bytes apart)."""
+    peek = getattr(stream, "peek", None)
+    return peek is not None and peek(2)[:2] in (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)
+
+
+@contextmanager
+def _utf8(stream: BinaryIO) -> Iterator[BinaryIO | _Utf8Lines]:
+    """`stream`, or its lines as UTF-8 bytes when it is UTF-16."""
+    if not utf16(stream):
+        yield stream
+        return
+    text = io.TextIOWrapper(stream, encoding="utf-16", errors="surrogateescape", newline="")
+    try:
+        yield _Utf8Lines(text)
+    finally:
+        text.detach()  # the stream is its opener's to close
+
+
+class _Utf8Lines:
+    """The lines of a text stream read back as UTF-8 bytes (`readline` alone, as read here)."""
+
+    def __init__(self, text: io.TextIOWrapper) -> None:
+        self._text = text
+
+    def readline(self, limit: int = -1) -> bytes:
+        return self._text.readline(limit).encode("utf-8", "surrogateescape")
+
+
+def _bounded_lines(stream: BinaryIO | _Utf8Lines) -> Iterator[bytes | OverlongLine]:
+    readline = stream.readline
     while True:
         # One byte past the limit tells a line of exactly MAX_LINE_BYTES from a longer one.
         line: bytes = readline(MAX_LINE_BYTES + 1)
@@ -225,10 +260,11 @@ class LineCounter:
 def count_lines(stream: BinaryIO, comments: bool = True) -> int:
     """The URL lines of a plain list: not blank and (with `comments`) not a `#` comment."""
     count = 0
-    for line in _bounded_lines(stream):
-        if isinstance(line, OverlongLine):
-            count += 1
-            continue
-        stripped = line.removeprefix(_UTF8_BOM_BYTES).strip(b" \t\r\n\x0b\x0c")
-        count += bool(stripped) and not (comments and stripped.startswith(b"#"))
+    with _utf8(stream) as lines:
+        for line in _bounded_lines(lines):
+            if isinstance(line, OverlongLine):
+                count += 1
+                continue
+            stripped = line.removeprefix(_UTF8_BOM_BYTES).strip(b" \t\r\n\x0b\x0c")
+            count += bool(stripped) and not (comments and stripped.startswith(b"#"))
     return count

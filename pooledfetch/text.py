@@ -35,9 +35,11 @@ _AUTHORITY = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.\-]*://)(?P<authority>[
 
 # An authority with a password but no scheme (`user:secret@host`, `//user:secret@host`), at the
 # start of a text or after a space or quote: an input line, or a message quoting one. Without a
-# colon before its "@" it may be an e-mail address, and is left alone.
+# colon before its "@" it may be an e-mail address, and is left alone; so are the URIs written
+# scheme:user@host (mailto:, xmpp:, sip:), whose part after the colon is no password.
 _BARE_AUTHORITY = re.compile(
-    r"(?:^|(?<=[\s'\"(<\[]))(?P<scheme>(?://)?)(?P<authority>[^\s/?#'\"@:]*:[^\s/?#'\"]*@[^\s/?#'\"@]*)"
+    r"(?:^|(?<=[\s'\"(<\[]))(?!(?i:mailto|xmpp|sips?|im|pres):)"
+    r"(?P<scheme>(?://)?)(?P<authority>[^\s/?#'\"@:]*:[^\s/?#'\"]*@[^\s/?#'\"@]*)"
 )
 
 

@@ -196,6 +196,28 @@ def test_stdin_with_other_columns_keeps_the_rows_of_the_urls_already_fetched(
     assert sorted(row["index"] for row in read_jsonl(out)) == [0, 1]
 
 
+@pytest.mark.parametrize("encoding", ["utf-16", "utf-16-be"])
+@pytest.mark.parametrize("name", ["urls.txt", "urls.csv"])
+def test_utf16_inputs_are_read_as_text(demo_server: DemoServer, tmp_path: Path, encoding: str, name: str) -> None:
+    """A file with a UTF-16 byte order mark (Windows PowerShell's `>`) gave N+1 invalid_url rows
+    for N lines ("contains control characters")."""
+    base = demo_server.base_url
+    lines = (
+        ["url", f"{base}/get", f"{base}/bytes/3"]
+        if name.endswith(".csv")
+        else [f"{base}/get", "# c", f"{base}/bytes/3"]
+    )
+    path = tmp_path / name
+    text = "\r\n".join(lines)
+    # "utf-16" writes the byte order mark itself (little-endian here); big-endian is given one.
+    path.write_bytes(text.encode("utf-16") if encoding == "utf-16" else ("\ufeff" + text).encode(encoding))
+    out = tmp_path / "out.jsonl"
+    code, _, err = run(str(path), "-q", "-o", str(out))
+    assert code == ExitCode.OK, err
+    assert sorted((row["index"], row["status"], row["bytes"]) for row in read_jsonl(out))[1] == (1, 200, 3)
+    assert len(read_jsonl(out)) == 2
+
+
 def test_column_names_clashing_with_result_fields_get_a_prefix(tmp_path: Path) -> None:
     source = tmp_path / "t.csv"
     source.write_text("url,status,input_status,,error\n", encoding="utf-8")

@@ -206,6 +206,7 @@ def test_credentials_of_a_line_without_a_scheme_are_masked(server: HostileServer
         ("Failed to parse: 'user:pw@host/x'", "Failed to parse: 'user:***@host/x'"),
         ("user:p@ss@host/x", "user:***@host/x"),
         ("write to bob@example.com", "write to bob@example.com"),  # no password: maybe an address
+        ("mailto:bob@example.com", "mailto:bob@example.com"),  # a URI whose part after the colon is no password
         ("http://u:p@h/ and v:q@k/", "http://u:***@h/ and v:***@k/"),
     ],
 )
