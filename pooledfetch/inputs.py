@@ -46,6 +46,7 @@ from pooledfetch.sources import (
     strip_line,
     utf16,
 )
+from pooledfetch.text import mask_credentials
 
 LINES = "lines"
 TABLE_FORMATS = ("csv", "tsv", "jsonl")
@@ -164,6 +165,9 @@ class Input:
                 index += 1
                 continue
             url, reason = self._url(cell, raw, config)
+            if isinstance(cell, str) and not config.show_credentials:
+                # The URL column goes out with the row's other columns: as masked as its `url`.
+                values = (*values[:column], mask_credentials(cell), *values[column + 1 :])
             yield Target(index, raw, url, reason, input_row=values)
             index += 1
 

@@ -255,6 +255,18 @@ def test_resume_skips_the_finished_rows_of_a_csv_input(demo_server: DemoServer, 
     assert all(list(row)[:4] == ["Company", "URL", "input_status", "Notes"] for row in kept)
 
 
+@pytest.mark.parametrize("shown", [False, True])
+def test_the_url_column_of_a_table_is_masked_like_the_url(demo_server: DemoServer, tmp_path: Path, shown: bool) -> None:
+    """`url` was masked while the input's own URL column carried the password into every export."""
+    line = demo_server.base_url.replace("http://", "http://alice:s3cret@") + "/get"
+    source = tmp_path / "t.csv"
+    source.write_text(f"url,note\n{line},x\n", encoding="utf-8")
+    out = tmp_path / "out.csv"
+    code, _, _ = run(str(source), "-q", "-o", str(out), *(["--show-credentials"] if shown else []))
+    assert code == ExitCode.OK
+    assert ("s3cret" in out.read_text(encoding="utf-8")) is shown
+
+
 def test_progress_total_counts_data_rows_not_lines(tmp_path: Path) -> None:
     table = tmp_path / "t.csv"
     table.write_text('url,note\r\nhttp://a.test/,"x\r\ny\r\nz"\r\n\r\nhttp://b.test/,\r\n', encoding="utf-8")
