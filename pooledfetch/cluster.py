@@ -278,9 +278,10 @@ class _Dispatch:
                     continue
                 if not self._in_flight and self._chunks.exhausted:
                     yield from self._invalid_rows()  # any read by that last look at the input
-                    return
+                    break
                 yield from self._collect(_POLL_SECONDS)
-            yield from self._wind_down(hurry)
+            else:
+                yield from self._wind_down(hurry)
         except _SchedulerLost as exc:
             lost = str(exc)
             yield from self._abandon(rc.WORKER_LOST, f"the Dask scheduler was lost: {lost}")
@@ -288,6 +289,8 @@ class _Dispatch:
             self._finish()
         if lost is not None:
             raise ClusterError(f"lost the Dask scheduler during the run: {lost}")
+        if self._feed.error is not None:
+            raise self._feed.error
 
     def _room(self) -> bool:
         if len(self._in_flight) >= self._max_in_flight:
@@ -411,12 +414,11 @@ class _Dispatch:
         yield from self._abandon(rc.INTERRUPTED, "run interrupted while this URL's chunk was on a Dask worker")
 
     def _abandon(self, error: str, detail: str) -> Iterator[Result]:
-        """A row for every target still out or never sent, and no waiting for any of them."""
+        """A row for every target still out or never sent, and no waiting for any of them (`_finish`
+        forgets the chunks out, stopping any still running and releasing their markers)."""
         for sent in self._in_flight.values():
             for target in sent.targets:
                 yield error_result(target, self._config, error, detail)
-        self._in_flight.clear()
-        self._count_in_flight()
         for target in self._chunks.drain():
             yield error_result(target, self._config, error, detail)
         yield from self._invalid_rows()
@@ -463,26 +465,42 @@ def _message(exc: BaseException) -> str:
 
 class _Fetchable(Feed):
     """The targets of `feed` that have a URL, each counted in the keeper's window (if any) as it
-    is taken; the others are set aside in `invalid`, to get their rows on the client."""
+    is taken; the others are set aside in `invalid`, to get their rows on the client.
+
+    An input that fails part way (a file that cannot be read, a later file's other header) ends
+    here, its error kept in `error`: the chunks of what was read are sent and their rows given
+    before the run raises it.
+    """
 
     def __init__(self, feed: Feed, keeper: KeepOrder | None, invalid: deque[Target]) -> None:
         super().__init__(())
         self._feed = feed
         self._keeper = keeper
         self._invalid = invalid
+        self.error: Exception | None = None
 
     @property
     def exhausted(self) -> bool:
-        return self._feed.exhausted
+        return self.error is not None or self._feed.exhausted
 
     def take(self) -> Target | None:
-        while (target := self._feed.take()) is not None:
-            if self._fetchable(target):
-                return target
+        try:
+            while self.error is None and (target := self._feed.take()) is not None:
+                if self._fetchable(target):
+                    return target
+        except Exception as exc:  # noqa: BLE001 - raised by the run once the rows read are in
+            self.error = exc
         return None
 
     def rest(self) -> Iterator[Target]:
-        return (target for target in self._feed.rest() if self._fetchable(target))
+        if self.error is not None:
+            return
+        try:
+            for target in self._feed.rest():
+                if self._fetchable(target):
+                    yield target
+        except Exception as exc:  # noqa: BLE001 - as in take()
+            self.error = exc
 
     def on_arrival(self, wake: Callable[[], None]) -> None:
         self._feed.on_arrival(wake)

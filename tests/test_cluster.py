@@ -37,7 +37,7 @@ from pooledfetch import results as rc
 from pooledfetch.config import FetchConfig
 from pooledfetch.demo import DemoServer
 from pooledfetch.engine import DEFAULT_GRACE_SECONDS, fetch_all
-from pooledfetch.errors import ExitCode
+from pooledfetch.errors import ExitCode, InputError
 from pooledfetch.feed import Feed, ReadAhead
 from pooledfetch.limits import Limiter
 from pooledfetch.results import Result
@@ -141,6 +141,22 @@ def test_idle_is_called_on_the_client_while_a_slow_chunk_is_out(dask_client: Any
     watch.consume(cluster.run_on_cluster(iter_targets(urls, config), config, dask_client, chunk_size=1, idle=watch))
     assert len(watch.rows) == 2
     assert (1, threading.current_thread()) in watch.calls
+
+
+def test_an_input_failing_part_way_keeps_the_rows_of_the_chunks_sent(dask_client: Any, demo_server: DemoServer) -> None:
+    """The chunks out were forgotten when the input raised (a later file with other columns)."""
+    config = FetchConfig(workers=2)
+
+    def failing() -> Iterator[Target]:
+        yield from iter_targets([f"{demo_server.base_url}/get?i={i}" for i in range(30)], config)
+        raise InputError("stdin has other columns than 'a.csv'")
+
+    rows: list[Result] = []
+    with pytest.raises(InputError, match="other columns"):
+        for row in cluster.run_on_cluster(failing(), config, dask_client, chunk_size=10):
+            rows.append(row)
+    assert sorted(row.index for row in rows) == list(range(30))
+    assert all(row.status == 200 for row in rows)
 
 
 def test_per_worker_figures_add_up(dask_client: Any, demo_server: DemoServer) -> None:
