@@ -287,8 +287,7 @@ def _text(path: str) -> Iterator[TextIO]:
             binary = open(path, "rb")  # noqa: SIM115 - closed with the wrapper below
         except OSError as exc:
             raise InputError(f"cannot read input file {path!r}: {exc.strerror}") from exc
-    encoding = "utf-16" if utf16(binary) else "utf-8-sig"
-    stream = io.TextIOWrapper(binary, encoding=encoding, errors="surrogateescape", newline="")
+    stream = io.TextIOWrapper(binary, encoding=_encoding(binary), errors="surrogateescape", newline="")
     try:
         yield stream
     finally:
@@ -315,13 +314,20 @@ def _csv_records(stream: TextIO, fmt: str) -> Iterator[list[str] | _BadRow]:
 
 def _csv_header(records: Iterator[list[str] | _BadRow], path: str) -> tuple[str, ...]:
     header = next(records, None)
-    if not isinstance(header, list):
+    if isinstance(header, _BadRow):
+        raise InputError(f"{_source(path)} has a header row that cannot be read: {header.reason}")
+    if header is None:
         raise InputError(f"{_source(path)} has no header row: a CSV or TSV input starts with its column names")
     return tuple(header)
 
 
+def _encoding(binary: BinaryIO) -> str:
+    # UTF-8, its BOM dropped; or UTF-16, as Windows PowerShell writes a file.
+    return "utf-16" if utf16(binary) else "utf-8-sig"
+
+
 def _count_csv_rows(fmt: str, binary: BinaryIO) -> int:
-    stream = io.TextIOWrapper(binary, encoding="utf-8-sig", errors="surrogateescape", newline="")
+    stream = io.TextIOWrapper(binary, encoding=_encoding(binary), errors="surrogateescape", newline="")
     try:
         return max(sum(1 for _ in _csv_records(stream, fmt)) - 1, 0)
     finally:
