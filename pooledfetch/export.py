@@ -76,6 +76,7 @@ class _FileExporter(Sink):
         self._input_names = input_names
         self._closed = False
         self._failed = False
+        self._reader_gone = False
         self._pace = FlushPace()
         try:
             self._guarded(self.begin)
@@ -93,10 +94,11 @@ class _FileExporter(Sink):
         raise NotImplementedError
 
     def write(self, result: Result) -> None:
-        self._guarded(lambda: self.write_row(result), flush=self._pace.due())
+        if not self._reader_gone:
+            self._guarded(lambda: self.write_row(result), flush=self._pace.due())
 
     def flush(self) -> None:
-        if not self._closed:
+        if not self._closed and not self._reader_gone:
             self._guarded(None)
 
     def close(self) -> None:
@@ -104,7 +106,7 @@ class _FileExporter(Sink):
             return
         self._closed = True
         try:
-            if not self._failed:
+            if not self._failed and not self._reader_gone:
                 self._guarded(self.end)
         finally:
             if self._owned:
@@ -120,6 +122,11 @@ class _FileExporter(Sink):
             if flush:
                 self._stream.flush()
         except OSError as exc:
+            if isinstance(exc, BrokenPipeError) and not self._owned:
+                # `pooledfetch urls -o - | head`: stdout's reader is gone; stop writing to it and
+                # keep the run's other exports, as the plain lines do.
+                self._reader_gone = True
+                return
             self._failed = True
             raise ExportError(f"cannot write export {self._path!r}: {exc.strerror or exc}") from exc
 

@@ -334,3 +334,23 @@ def test_a_config_file_that_is_not_utf8_is_one_clear_line(tmp_path: Path) -> Non
     assert code == ExitCode.USAGE
     assert "is not valid TOML (UTF-8)" in err
     assert "Traceback" not in err and out == ""
+
+
+def test_jsonl_on_stdout_to_a_reader_that_leaves_keeps_the_other_exports(
+    demo_server: DemoServer, tmp_path: Path
+) -> None:
+    """`-o - | head -1` ended the run with "cannot write export '-': Broken pipe" (exit 1), the CSV
+    export a row in and no summary; the plain lines, piped the same way, went on."""
+    from hostile import cli_command, offline_env
+
+    urls = url_file(tmp_path, [f"{demo_server.base_url}/get?i={i}" for i in range(300)])
+    out, summary = tmp_path / "out.csv", tmp_path / "summary.json"
+    args = [cli_command(), urls, "-q", "-o", "-", "-o", str(out), "--summary-json", str(summary)]
+    with subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=offline_env(tmp_path)) as process:
+        assert process.stdout is not None and process.stderr is not None
+        process.stdout.readline()
+        process.stdout.close()  # as `head -1` does
+        assert process.wait(30) == ExitCode.OK
+        assert process.stderr.read() == b""
+    assert len(out.read_text(encoding="utf-8").splitlines()) == 301
+    assert json.loads(summary.read_text(encoding="utf-8"))["urls"] == 300
