@@ -338,6 +338,9 @@ def _check_files(options: dict[str, Any], inputs: tuple[str, ...]) -> None:
             format_for(path, options["export_format"])
         except ExportError as exc:
             raise click.UsageError(str(exc)) from None
+    for name in ("resume", "summary_json", "baseline", "if_changed"):
+        if options[name] == "":
+            raise click.UsageError(f"--{name.replace('_', '-')} needs a file name")
     if options["outputs"].count("-") > 1:
         raise click.UsageError("-o - is given twice: stdout carries one JSONL stream")
     summary = options["summary_json"]

@@ -96,6 +96,7 @@ def test_missing_input_file_is_a_usage_error(tmp_path: Path) -> None:
         (["--processes", "99999999999"], "number of processes"),  # a LocalCluster to run out of memory
         (["--base-url", "http://[::1"], "--base-url"),  # unexpected ValueError
         (["-x", "http://127.0.0.1:99999"], "--proxy"),  # every URL blamed as invalid_url
+        (["--resume", ""], "--resume needs a file name"),  # silently ignored
     ],
 )
 def test_bad_options_exit_2_with_one_clear_line(tmp_path: Path, args: list[str], message: str) -> None:
