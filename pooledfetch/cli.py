@@ -21,7 +21,7 @@ import click
 
 from pooledfetch import config as cfg
 from pooledfetch import options as opts
-from pooledfetch.errors import ExitCode, PooledFetchError
+from pooledfetch.errors import ExitCode, ExportError, PooledFetchError
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -330,7 +330,6 @@ def _check_files(options: dict[str, Any], inputs: tuple[str, ...]) -> None:
     """Before any file opens: every export's format is known, no file is written by two outputs
     (they would truncate, interleave or overwrite each other's rows) and none is an input (an
     export would empty it before it is read)."""
-    from pooledfetch.errors import ExportError
     from pooledfetch.export import format_for
 
     for path in options["outputs"]:

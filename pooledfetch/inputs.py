@@ -165,9 +165,9 @@ class Input:
                 index += 1
                 continue
             url, reason = self._url(cell, raw, config)
-            if isinstance(cell, str) and not config.show_credentials:
+            if isinstance(cell, str) and not config.show_credentials and (masked := mask_credentials(cell)) != cell:
                 # The URL column goes out with the row's other columns: as masked as its `url`.
-                values = (*values[:column], mask_credentials(cell), *values[column + 1 :])
+                values = (*values[:column], masked, *values[column + 1 :])
             yield Target(index, raw, url, reason, input_row=values)
             index += 1
 

@@ -49,6 +49,13 @@ class PipedRun:
         assert self.process.stdin is not None
         self.process.stdin.close()
 
+    def one_done_and_one_on_the_wire(self, server: HostileServer) -> None:
+        """Send a URL and wait for its row, then one that never answers and wait for its request."""
+        self.send(server.url("ok"))
+        self.wait_for_rows(1)
+        self.send(server.url("silent"))
+        wait_until(lambda: len(server.requests) == 2, what="the second request on the wire")
+
     def wait_for_rows(self, count: int) -> None:
         wait_until(lambda: len(self.rows()) >= count, what=f"{count} rows with the input still open")
 
@@ -119,10 +126,7 @@ def test_ctrl_c_with_the_input_still_open_gives_every_line_a_row(
     server = hostile_server()
     # One worker: a target taken in the instant the signal lands waits unsent, and is cancelled.
     run = piped("--retries", "0", "-w", "1")
-    run.send(server.url("ok"))
-    run.wait_for_rows(1)
-    run.send(server.url("silent"))
-    wait_until(lambda: len(server.requests) == 2, what="the second request on the wire")
+    run.one_done_and_one_on_the_wire(server)
     run.process.send_signal(signal.SIGINT)
     run.send(server.url("ok?after=1"))
     run.send(server.url("ok?after=2"))
@@ -142,10 +146,7 @@ def test_sigterm_with_the_writer_still_going_ends_the_run(
     second are still read and cancelled; the pipe is left open here to the end."""
     server = hostile_server()
     run = piped("--retries", "0", "-w", "1")
-    run.send(server.url("ok"))
-    run.wait_for_rows(1)
-    run.send(server.url("silent"))
-    wait_until(lambda: len(server.requests) == 2, what="the second request on the wire")
+    run.one_done_and_one_on_the_wire(server)
     sent = time.monotonic()
     run.process.send_signal(signal.SIGTERM)
     run.send(server.url("ok?after=1"))
