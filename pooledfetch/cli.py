@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from pooledfetch.inputs import Input
     from pooledfetch.live import LiveView
     from pooledfetch.plain import PlainLines
+    from pooledfetch.results import Result
     from pooledfetch.resume import ResumeState
     from pooledfetch.session import Transport
     from pooledfetch.sink import NullView, Sink
@@ -44,8 +45,12 @@ def _stdin_is_terminal() -> bool:
 
 
 def _fail(message: str, code: ExitCode) -> NoReturn:
-    click.echo(f"pooledfetch: error: {message}", err=True)
+    _error_line(message)
     sys.exit(code)
+
+
+def _error_line(message: str) -> None:
+    click.echo(f"pooledfetch: error: {message}", err=True)
 
 
 @dataclass(frozen=True)
@@ -150,6 +155,7 @@ def _run(options: dict[str, Any]) -> ExitCode:
 
     stops = _Stops()
     interrupted = False
+    failures: list[ExportError] = []
     try:
         # From the start: a Ctrl-C, SIGTERM or hang-up while the exports open or a --resume file
         # is read still gives every line its row (cancelled) and every export its end.
@@ -218,7 +224,7 @@ def _run(options: dict[str, Any]) -> ExitCode:
             stats = stack.enter_context(RunStats())
             # Before any export or --resume opens (and may truncate, rewrite or append to) the same file.
             changes = _open_changes(stack, options, config)
-            outputs = _open_outputs(stack, options, config, stats, progress, source.names, changes)
+            outputs = _open_outputs(stack, options, config, stats, progress, source.names, failures, changes)
             resume_state = None
             if options["resume"]:
                 from pooledfetch import resume
@@ -233,8 +239,12 @@ def _run(options: dict[str, Any]) -> ExitCode:
         interrupted = True
     interrupted = interrupted or stops.cancel.is_set()
 
+    for failure in failures:
+        _error_line(str(failure))
     if interrupted:
         return ExitCode.INTERRUPTED
+    if failures:
+        return ExitCode.SOME_FAILED
     if stats.failed or (options["fail_on_http_error"] and stats.http_errors):
         return ExitCode.SOME_FAILED
     if changes is not None and changes.has_any(options["fail_on_change"]):
@@ -262,15 +272,38 @@ def _open_changes(stack: ExitStack, options: dict[str, Any], config: FetchConfig
 
 @dataclass
 class _Outputs:
-    """Where results go: every sink in order, and the view that wants a progress total."""
+    """Where results go: every sink in order, and the view that wants a progress total.
+
+    An export that cannot be written (a full disk) writes nothing more and its error is kept
+    for the end, while the run goes on for the outputs left, as `tee` does: the rows of a long
+    run are not lost to one bad file. With no output left that keeps rows, the error ends the run.
+    """
 
     sinks: list[Sink]
     view: LiveView | NullView
     live: bool
+    failures: list[ExportError]
+
+    def write(self, result: Result) -> None:
+        for sink in self.sinks:
+            try:
+                sink.write(result)
+            except ExportError as exc:
+                self._lost(sink, exc)
 
     def flush(self) -> None:
         for sink in self.sinks:
-            sink.flush()
+            try:
+                sink.flush()
+            except ExportError as exc:
+                self._lost(sink, exc)
+
+    def _lost(self, sink: Sink, exc: ExportError) -> None:
+        self.failures.append(exc)
+        # A new list: the row being written still goes to the sinks after this one.
+        self.sinks = [other for other in self.sinks if other is not sink]
+        if not any(other.keeps_rows for other in self.sinks):
+            raise exc
 
 
 def _open_outputs(
@@ -280,6 +313,7 @@ def _open_outputs(
     stats: RunStats,
     progress: RunProgress,
     input_names: tuple[str, ...],
+    failures: list[ExportError],
     changes: Changes | None = None,
 ) -> _Outputs:
     """Decide once what goes where: results on stdout, the live view and summary on stderr."""
@@ -323,7 +357,7 @@ def _open_outputs(
     table_replaces_lines = live and _same_terminal(sys.stdout, sys.stderr)
     if not options["quiet"] and "-" not in options["outputs"] and not table_replaces_lines:
         sinks.append(stack.enter_context(_plain_lines()))
-    return _Outputs(sinks, view, live)
+    return _Outputs(sinks, view, live, failures)
 
 
 def _check_files(options: dict[str, Any], inputs: tuple[str, ...]) -> None:
@@ -472,8 +506,7 @@ def _consume(
     annotated = results if changes is None else changes.track(results)
     try:
         for result in annotated:
-            for sink in outputs.sinks:
-                sink.write(result)
+            outputs.write(result)
             if counter is not None and counter.total is not None:
                 outputs.view.set_total(max(counter.total - already, 0))
                 counter = None

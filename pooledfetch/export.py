@@ -69,14 +69,16 @@ def input_values(result: Result, width: int) -> tuple[object, ...]:
 
 
 class _FileExporter(Sink):
+    keeps_rows = True
+
     def __init__(self, stream: IO[str], path: str, owned: bool, input_names: tuple[str, ...] = ()) -> None:
         self._stream = stream
         self._path = path
         self._owned = owned
         self._input_names = input_names
         self._closed = False
-        self._failed = False
-        self._reader_gone = False
+        # Set once a write has failed, or stdout's reader has gone: nothing more is written.
+        self._stopped = False
         self._pace = FlushPace()
         try:
             self._guarded(self.begin)
@@ -94,11 +96,11 @@ class _FileExporter(Sink):
         raise NotImplementedError
 
     def write(self, result: Result) -> None:
-        if not self._reader_gone:
+        if not self._stopped:
             self._guarded(lambda: self.write_row(result), flush=self._pace.due())
 
     def flush(self) -> None:
-        if not self._closed and not self._reader_gone:
+        if not self._closed and not self._stopped:
             self._guarded(None)
 
     def close(self) -> None:
@@ -106,7 +108,7 @@ class _FileExporter(Sink):
             return
         self._closed = True
         try:
-            if not self._failed and not self._reader_gone:
+            if not self._stopped:
                 self._guarded(self.end)
         finally:
             if self._owned:
@@ -122,12 +124,12 @@ class _FileExporter(Sink):
             if flush:
                 self._stream.flush()
         except OSError as exc:
+            self._stopped = True
             if isinstance(exc, BrokenPipeError) and not self._owned:
                 # `pooledfetch urls -o - | head`: stdout's reader is gone; stop writing to it and
                 # keep the run's other exports, as the plain lines do.
-                self._reader_gone = True
                 return
-            self._failed = True
+            # Raised once: the run decides whether to go on with its other outputs.
             raise ExportError(f"cannot write export {self._path!r}: {exc.strerror or exc}") from exc
 
 

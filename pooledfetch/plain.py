@@ -14,6 +14,8 @@ _COLOURS = {2: "32", 3: "36", 4: "33", 5: "31"}
 class PlainLines(Sink):
     """`status-or-error <TAB> total ms <TAB> bytes <TAB> url`; coloured only on a terminal."""
 
+    keeps_rows = True
+
     def __init__(self, stream: IO[str], colour: bool) -> None:
         self._stream = stream
         self._colour = colour

@@ -26,6 +26,10 @@ class Closing:
 
 
 class Sink(Closing):
+    # Whether the rows written here are kept where the user reads them (a file, the plain lines
+    # on stdout): once every such sink has failed, a run has nowhere left to put its rows.
+    keeps_rows = False
+
     def write(self, result: Result) -> None:
         raise NotImplementedError
 

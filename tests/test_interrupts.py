@@ -281,6 +281,29 @@ def test_an_export_failing_mid_run_does_not_wait_for_requests_in_flight(server: 
     assert elapsed < 5.0, f"exit took {elapsed:.1f} s: it waited for the hanging request"
 
 
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
+@pytest.mark.parametrize("keeper", ["another export", "the plain lines"])
+def test_a_failed_export_leaves_every_row_to_the_outputs_left(
+    server: HostileServer, tmp_path: Path, keeper: str
+) -> None:
+    """A full disk under one export ended the whole run: the other export kept 18 rows of 3,000.
+    The run now goes on for the outputs left, as tee does, and reports the failure at the end."""
+    lines = [server.url(f"delay?s=0.01&i={i}") for i in range(200)]
+    kept = ["-q", "-o", str(tmp_path / "out.jsonl")] if keeper == "another export" else []
+    run = Run(tmp_path, lines, *kept, "-o", "/dev/full", "--format", "jsonl", "-w", "4")
+    assert run.wait(60) == ExitCode.SOME_FAILED
+    if keeper == "another export":
+        indexes = sorted(by_index([json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]))
+        assert indexes == list(range(len(lines)))
+    else:
+        assert sorted(line.split("\t")[-1] for line in run.stdout.splitlines()) == sorted(lines)
+        assert "200 URLs: 200 ok" in run.stderr  # the summary, before the error
+    assert "Traceback" not in run.stderr
+    errors = [line for line in run.stderr.splitlines() if "error:" in line]
+    assert errors == ["pooledfetch: error: cannot write export '/dev/full': No space left on device"]
+    assert len(server.requests_to("delay")) == len(lines)
+
+
 def test_resume_keeps_the_finished_rows_written_after_unfinished_ones(server: HostileServer, tmp_path: Path) -> None:
     """Cancelled rows are written before the rows of requests still in flight: every finished row
     after the first unfinished one was fetched again, and its line had two rows."""
