@@ -8,12 +8,16 @@ parser was the largest single cost of a request: a run of 10,000 URLs took 3.95 
 A block whose every line is `name:value` (a name of the characters the email package accepts
 in one, no CR or LF but the line's own ending, no continuation line) becomes here the same
 HTTPMessage, holding the same (name, value) pairs the email package would give it. Any other
-block goes to the email package exactly as http.client would send it, defects and all. The
+block goes to the email package exactly as http.client would send it, defects and all, but one:
+a line that is no field (`no colon here`, `Bad Name: x`). The email package takes it for the
+start of a body and drops the fields after it, Content-Length among them, so the response
+was read to a timeout; it is a MalformedHeader instead, as curl's "Header without colon". The
 stdlib's own line length and header count limits apply either way (`_read_headers`).
 """
 
 from __future__ import annotations
 
+import email.errors
 import email.parser
 import http.client
 import re
@@ -30,7 +34,11 @@ def parse_headers(fp: IO[bytes], _class: type[http.client.HTTPMessage] = http.cl
     lines: list[bytes] = http.client._read_headers(fp)  # type: ignore[attr-defined]
     block = b"".join(lines)
     if _PLAIN_BLOCK.fullmatch(block) is None:
-        return email.parser.Parser(_class=_class).parsestr(block.decode("iso-8859-1"))
+        parsed = email.parser.Parser(_class=_class).parsestr(block.decode("iso-8859-1"))
+        if any(isinstance(defect, email.errors.MissingHeaderBodySeparatorDefect) for defect in parsed.defects):
+            first = str(parsed.get_payload()).splitlines()[0]
+            raise MalformedHeader(f"malformed header line {first[:_QUOTED_LINE]!r}")
+        return parsed
     message = _class()
     for line in lines:
         name, colon, value = line.decode("iso-8859-1").partition(":")
@@ -38,6 +46,14 @@ def parse_headers(fp: IO[bytes], _class: type[http.client.HTTPMessage] = http.cl
             # As the email package's compat32 policy stores a field (header_source_parse).
             message.set_raw(name, value.lstrip(" \t").rstrip("\r\n"))
     return message
+
+
+class MalformedHeader(http.client.HTTPException):
+    """A header line that is not a field: the fields after it, and so the body's framing, are lost."""
+
+
+# How much of a malformed header line its error quotes.
+_QUOTED_LINE = 60
 
 
 def _reading_headers_with(begin: types.FunctionType) -> types.FunctionType:

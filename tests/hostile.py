@@ -332,6 +332,12 @@ def route_garbage(ex: Exchange) -> None:
     ex.linger()
 
 
+def route_no_colon(ex: Exchange) -> None:
+    """`/no-colon`: a head with a line that is no field, before its Content-Length; kept open."""
+    ex.send(b"HTTP/1.1 200 OK\r\nno colon here\r\nContent-Length: 3\r\n\r\nok\n")
+    ex.linger()
+
+
 def route_many_headers(ex: Exchange) -> None:
     """`/many-headers?count=5000`: a 200 head with thousands of header lines."""
     count = int(ex.number("count", 5000))
@@ -471,6 +477,7 @@ ROUTES: dict[str, Route] = {
     "reset": route_reset,
     "close": route_close,
     "garbage": route_garbage,
+    "no-colon": route_no_colon,
     "many-headers": route_many_headers,
     "huge-header": route_huge_header,
     "redirect": route_redirect,

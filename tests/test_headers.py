@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import http.client
 import io
+from email.errors import MissingHeaderBodySeparatorDefect
 
 import pytest
 from hypothesis import example, given, settings
@@ -11,7 +12,7 @@ from hypothesis import strategies as st
 from urllib3.exceptions import HeaderParsingError
 from urllib3.util.response import assert_header_parsing
 
-from pooledfetch.headers import FastHeadersResponse, parse_headers
+from pooledfetch.headers import FastHeadersResponse, MalformedHeader, parse_headers
 
 NAME_CHARS = "".join(chr(code) for code in range(0o41, 0o177) if chr(code) != ":")
 
@@ -51,11 +52,27 @@ def urllib3_verdict(message: http.client.HTTPMessage) -> str:
 @example(["X-Folded: one\r\n", " two\r\n"], "\r\n")
 @example(["X-Latin: caf\xe9\r\n"], "\r\n")
 def test_a_header_block_reads_as_http_client_reads_it(lines: list[str], end: str) -> None:
+    """...but for a line that is no field, after which http.client loses the rest (below)."""
     block = ("".join(lines) + end).encode("iso-8859-1")
-    ours, stdlib = both(block)
+    stdlib = http.client.parse_headers(io.BytesIO(block))
+    if any(isinstance(defect, MissingHeaderBodySeparatorDefect) for defect in stdlib.defects):
+        with pytest.raises(MalformedHeader):
+            parse_headers(io.BytesIO(block))
+        return
+    ours = parse_headers(io.BytesIO(block))
     assert type(ours) is type(stdlib)
     assert ours.items() == stdlib.items()
     assert urllib3_verdict(ours) == urllib3_verdict(stdlib)
+
+
+@pytest.mark.parametrize("line", ["no colon here", "Bad Name: x", "HTTP/1.1 200 OK"])
+def test_a_line_that_is_no_field_is_malformed_not_the_start_of_a_body(line: str) -> None:
+    """http.client takes it for the body's first line and drops the fields after it: with the
+    Content-Length gone, the response was read until the server closed or the read timed out."""
+    block = f"Content-Type: text/plain\r\n{line}\r\nContent-Length: 5\r\n\r\n".encode()
+    assert "Content-Length" not in http.client.parse_headers(io.BytesIO(block))
+    with pytest.raises(MalformedHeader, match="malformed header line"):
+        parse_headers(io.BytesIO(block))
 
 
 def test_plain_blocks_skip_the_email_package() -> None:
