@@ -129,7 +129,7 @@ def _run(options: dict[str, Any]) -> ExitCode:
     from pooledfetch.errors import ConfigError
     from pooledfetch.export import open_exporter
     from pooledfetch.inputs import Input
-    from pooledfetch.session import Transport
+    from pooledfetch.session import Transport, environment_proxies, load_netrc
     from pooledfetch.stats import RunStats
 
     inputs: tuple[str, ...] = options["inputs"]
@@ -168,7 +168,6 @@ def _run(options: dict[str, Any]) -> ExitCode:
                 if not options["quiet"]:
                     click.echo(f"pooledfetch: demo server at {base_url}", err=True)
             data = opts.body(options["data"])
-            timeout = options["timeout"]
             try:
                 config = FetchConfig(
                     workers=options["workers"] or 0,
@@ -179,10 +178,10 @@ def _run(options: dict[str, Any]) -> ExitCode:
                     backoff_factor=options["backoff_factor"],
                     retry_statuses=opts.statuses(options["retry_status"]),
                     max_retry_wait=options["max_retry_wait"],
-                    connect_timeout=options["connect_timeout"] or timeout or cfg.DEFAULT_CONNECT_TIMEOUT,
-                    read_timeout=options["read_timeout"] or timeout or cfg.DEFAULT_READ_TIMEOUT,
+                    connect_timeout=_seconds(options, "connect_timeout", cfg.DEFAULT_CONNECT_TIMEOUT),
+                    read_timeout=_seconds(options, "read_timeout", cfg.DEFAULT_READ_TIMEOUT),
                     max_time=options["max_time"],
-                    method=options["method"] or ("POST" if data is not None else "GET"),
+                    method=_method(options["method"], data),
                     data=data,
                     headers=tuple(opts.header(value) for value in options["headers"]),
                     user_agent=options["user_agent"],
@@ -218,6 +217,11 @@ def _run(options: dict[str, Any]) -> ExitCode:
             transport = None if clustered else Transport(config, progress.accounting, tls_context)
             if transport is not None:
                 stack.callback(transport.close)
+            else:
+                # What a Transport reads from this machine's environment, checked here as one
+                # process checks it: on a LocalCluster the workers would fail every URL with it.
+                load_netrc(config)
+                environment_proxies(config)
 
             # Headers are read now: a missing column is reported before any export is opened.
             source = Input(inputs, options["input_format"], options["column"])
@@ -250,6 +254,38 @@ def _run(options: dict[str, Any]) -> ExitCode:
     if changes is not None and changes.has_any(options["fail_on_change"]):
         return ExitCode.SOME_FAILED
     return ExitCode.OK
+
+
+def _seconds(options: dict[str, Any], name: str, default: float) -> float:
+    """--connect-timeout or --read-timeout, else --timeout, else `default`. Given both, the one
+    from the higher place wins (command line, environment, --config file), the specific one
+    from the same place: a `read-timeout` in the config file must not beat `--timeout` typed."""
+    specific, general = options[name], options["timeout"]
+    if specific is None or general is None:
+        return specific or general or default
+    context = click.get_current_context()
+    specific_rank, general_rank = (
+        _SOURCE_RANKS.index(context.get_parameter_source(option)) for option in (name, "timeout")
+    )
+    return float(specific if specific_rank >= general_rank else general)
+
+
+# Where an option's value came from, lowest first (None: not from a parameter at all).
+_SOURCE_RANKS = (
+    None,
+    click.core.ParameterSource.DEFAULT,
+    click.core.ParameterSource.DEFAULT_MAP,
+    click.core.ParameterSource.ENVIRONMENT,
+    click.core.ParameterSource.PROMPT,
+    click.core.ParameterSource.COMMANDLINE,
+)
+
+
+def _method(method: str | None, data: bytes | None) -> str:
+    """-X as given (an empty one is refused by FetchConfig, not taken for none), else GET, or POST with a body."""
+    if method is not None:
+        return method
+    return "POST" if data is not None else "GET"
 
 
 def _open_changes(stack: ExitStack, options: dict[str, Any], config: FetchConfig) -> Changes | None:

@@ -9,6 +9,7 @@ from urllib.parse import urlsplit
 
 from pooledfetch import __version__
 from pooledfetch.errors import ConfigError
+from pooledfetch.text import mask_credentials
 
 DEFAULT_POOL_CONNECTIONS = 100
 DEFAULT_POOL_MAXSIZE = 20
@@ -26,6 +27,19 @@ FETCHABLE_SCHEMES = ("http", "https")
 
 # RFC 9110 token: what a method or a header name may be made of.
 _TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
+# The longest wait any setting may ask for (about 31 years): past ~9.2e9 s a socket timeout or
+# a timed wait overflows the platform's time_t, and every request would fail with it.
+MAX_SECONDS = 1e9
+# What each field must hold (None too, where its default is None): the library API takes a
+# FetchConfig from any caller, and a wrong type would otherwise fail deep in a request.
+_WHOLE_NUMBERS = ("workers", "pool_connections", "pool_maxsize", "retries", "max_redirects", "max_bytes",
+                  "reorder_window", "per_host_concurrency")  # fmt: skip
+_NUMBERS = ("backoff_factor", "max_retry_wait", "connect_timeout", "read_timeout", "max_time", "rate", "per_host_rate")
+_TEXTS = ("method", "user_agent", "default_scheme", "ca_bundle", "base_url", "client_cert", "client_key", "proxy",
+          "save_dir")  # fmt: skip
+_FLAGS = ("pool_block", "follow_redirects", "verify", "dedupe", "netrc", "show_credentials", "pause_hosts",
+          "env_proxy", "keep_order")  # fmt: skip
+_SECONDS = ("max_retry_wait", "connect_timeout", "read_timeout", "max_time")
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +90,7 @@ class FetchConfig:
     reorder_window: int = 0
 
     def __post_init__(self) -> None:
+        self._check_types()
         if self.pool_maxsize < 1:
             raise ConfigError("--pool-maxsize must be at least 1")
         if self.workers == 0:
@@ -106,6 +121,34 @@ class FetchConfig:
     def timeout(self) -> tuple[float, float]:
         return (self.connect_timeout, self.read_timeout)
 
+    def _check_types(self) -> None:
+        for names, kinds, what in (
+            (_WHOLE_NUMBERS, int, "a whole number"),
+            (_NUMBERS, int | float, "a number"),
+            (_TEXTS, str, "text"),
+            (_FLAGS, bool, "True or False"),
+        ):
+            for name in names:
+                value = getattr(self, name)
+                if value is None and name not in _REQUIRED:
+                    continue
+                if not isinstance(value, kinds) or (isinstance(value, bool) and kinds is not bool):
+                    raise ConfigError(f"{_option(name)} must be {what}, not {value!r}")
+        if self.data is not None and not isinstance(self.data, bytes):
+            raise ConfigError(f"data must be bytes or None, not {type(self.data).__name__}")
+        for name in ("retry_statuses", "headers", "cookies"):
+            value = getattr(self, name)
+            if not isinstance(value, tuple | list):
+                raise ConfigError(f"{name} must be a tuple, not {type(value).__name__}")
+            # A tuple, however given: a config is hashable (cluster workers key their pools by it).
+            object.__setattr__(self, name, tuple(tuple(item) if isinstance(item, list) else item for item in value))
+        if not all(isinstance(status, int) and not isinstance(status, bool) for status in self.retry_statuses):
+            raise ConfigError("retry_statuses must hold whole numbers (HTTP statuses)")
+        for name in ("headers", "cookies"):
+            for pair in getattr(self, name):
+                if not (isinstance(pair, tuple) and len(pair) == 2 and all(isinstance(part, str) for part in pair)):
+                    raise ConfigError(f"{name} must hold (name, value) pairs of text, not {pair!r}")
+
     def _validate(self) -> None:
         for name in ("workers", "pool_connections", "pool_maxsize", "max_bytes", "reorder_window"):
             if getattr(self, name) < 1:
@@ -118,10 +161,16 @@ class FetchConfig:
                 raise ConfigError(f"{_option(name)} must be more than 0 seconds")
         if self.max_time is not None and not self.max_time > 0:
             raise ConfigError("--max-time must be more than 0 seconds")
+        for name in _SECONDS:
+            value = getattr(self, name)
+            if value is not None and value > MAX_SECONDS:
+                raise ConfigError(f"{_option(name)} must be at most {MAX_SECONDS:.0f} seconds (about 31 years)")
         for name in ("rate", "per_host_rate"):
             value = getattr(self, name)
             if value is not None and not 0 < value < float("inf"):
                 raise ConfigError(f"{_option(name)} must be more than 0 requests per second")
+            if value is not None and 1 / value > MAX_SECONDS:
+                raise ConfigError(f"{_option(name)} must be at least one request per {MAX_SECONDS:.0f} seconds")
         if self.per_host_concurrency is not None and self.per_host_concurrency < 1:
             raise ConfigError("--per-host-concurrency must be at least 1")
         for name in ("backoff_factor", "max_retry_wait"):
@@ -137,14 +186,19 @@ class FetchConfig:
                 raise ConfigError(f"header name {name!r} is not valid: use -H 'Name: value'")
             if any(ch in value for ch in "\r\n\0"):
                 raise ConfigError(f"header {name!r} contains a line break or NUL byte")
+            if not _latin1(value):
+                raise ConfigError(f"header {name!r}: {_NOT_LATIN1}")
         if any(ch in self.user_agent for ch in "\r\n\0"):
             raise ConfigError("--user-agent contains a line break or NUL byte")
+        if not _latin1(self.user_agent):
+            raise ConfigError(f"--user-agent: {_NOT_LATIN1}")
         if self.default_scheme not in FETCHABLE_SCHEMES:
             raise ConfigError("--default-scheme must be http or https")
         if self.base_url is not None:
-            if not _absolute_http(self.base_url):
+            if not absolute_http(self.base_url):
                 raise ConfigError(
-                    f"--base-url {self.base_url!r} must be an absolute http(s) URL, e.g. https://example.com/"
+                    f"--base-url {mask_credentials(self.base_url)!r} must be an absolute http(s) URL, "
+                    "e.g. https://example.com/"
                 )
         if self.ca_bundle is not None and not os.path.exists(self.ca_bundle):
             raise ConfigError(f"--ca-bundle {self.ca_bundle!r} does not exist")
@@ -155,16 +209,38 @@ class FetchConfig:
             raise ConfigError("--key needs --cert: the client certificate it belongs to")
         if self.save_dir is not None and not os.path.isdir(self.save_dir):
             raise ConfigError(f"--save-dir {self.save_dir!r} is not a directory")
-        if self.proxy is not None and not _absolute_http(self.proxy):
+        if self.proxy is not None and not absolute_http(self.proxy):
             raise ConfigError(
-                f"--proxy {self.proxy!r} must be an http:// or https:// URL with a host (and a valid port)"
+                f"--proxy {mask_credentials(self.proxy)!r} must be an http:// or https:// URL with a host "
+                "(and a valid port)"
             )
         for name, value in self.cookies:
             if not _TOKEN.match(name) or any(ch in value for ch in ";\r\n\0"):
                 raise ConfigError(f"cookie {name!r} is not valid: use --cookie 'name=value'")
+            if not _latin1(value):
+                raise ConfigError(f"cookie {name!r}: {_NOT_LATIN1}")
 
 
-def _absolute_http(url: str) -> bool:
+# HTTP/1.1 sends header values as bytes; http.client encodes text as Latin-1, and any other
+# character failed every request of the run with a UnicodeEncodeError.
+_NOT_LATIN1 = "the value must be Latin-1 (ISO-8859-1) text: percent-encode other characters"
+
+
+def _latin1(text: str) -> bool:
+    try:
+        text.encode("latin-1")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+# The fields whose None is not allowed (the others above default to None).
+_REQUIRED = frozenset(name for name in (*_WHOLE_NUMBERS, *_NUMBERS, *_TEXTS, *_FLAGS)
+                      if name not in ("per_host_concurrency", "max_time", "rate", "per_host_rate", "ca_bundle",
+                                      "base_url", "client_cert", "client_key", "proxy", "save_dir"))  # fmt: skip
+
+
+def absolute_http(url: str) -> bool:
     """An http(s) URL with a host and, if it names one, a port in range."""
     try:
         parts = urlsplit(url)

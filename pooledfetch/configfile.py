@@ -9,6 +9,7 @@ a list. click applies them through its `default_map`, so the command line and
 
 from __future__ import annotations
 
+import datetime
 import tomllib
 from typing import Any
 
@@ -64,9 +65,18 @@ def _options_table(document: dict[str, Any], path: str) -> dict[str, Any]:
 
 
 def _checked_value(path: str, key: str, value: Any, parameter: click.Option) -> Any:
-    """The value as click expects it in a default_map; its own type checks run later."""
+    """The value as click expects it in a default_map; the option's own checks run later.
+
+    Those checks convert what the command line gives, text: given a TOML value instead, click's
+    int() makes `workers = 3.9` 3 and `workers = true` 1, and float() of a date raised a TypeError
+    click does not catch. So a number option takes a TOML number here, and nothing takes a date.
+    """
     if isinstance(value, dict):
         raise click.BadParameter(f"{path!r}: {key!r} must be a value, not a table")
+    if isinstance(value, datetime.date | datetime.time) or (
+        isinstance(value, list) and any(isinstance(item, datetime.date | datetime.time) for item in value)
+    ):
+        raise click.BadParameter(f"{path!r}: {key!r} must be a number, text or true/false, not a date or time")
     if parameter.multiple:
         values = value if isinstance(value, list) else [value]
         if any(isinstance(item, list | dict) for item in values):
@@ -76,4 +86,9 @@ def _checked_value(path: str, key: str, value: Any, parameter: click.Option) -> 
         raise click.BadParameter(f"{path!r}: {key!r} takes one value, not a list")
     if parameter.is_flag and not isinstance(value, bool):
         raise click.BadParameter(f"{path!r}: {key!r} is a flag: use true or false")
+    whole = isinstance(parameter.type, click.types.IntParamType)
+    if whole or isinstance(parameter.type, click.types.FloatParamType):
+        kinds = int if whole else int | float
+        if isinstance(value, bool) or not isinstance(value, kinds):
+            raise click.BadParameter(f"{path!r}: {key!r} must be {'a whole number' if whole else 'a number'}")
     return value

@@ -73,6 +73,11 @@ def fetch_all(
     back as `cancelled` rows and requests already on the wire get a short grace period.
     With a Dask `client` (distributed.Client), the URLs are fetched in chunks on its workers.
     """
+    if isinstance(urls, str | bytes):
+        # Iterated, one would be a URL per character.
+        raise TypeError("fetch_all takes an iterable of URLs (a list, a file, a generator), not one URL")
+    if config is not None and not isinstance(config, FetchConfig):
+        raise TypeError(f"config must be a FetchConfig, not {type(config).__name__}")
     config = config or FetchConfig()
     if client is not None:
         from pooledfetch.cluster import run_on_cluster

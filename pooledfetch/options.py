@@ -124,6 +124,10 @@ class OnePerLine(click.types.StringParamType):
 
     envvar_list_splitter = "\n"
 
+    def split_envvar_value(self, rv: str) -> list[str]:
+        # A trailing newline (`$(cat headers.txt)` keeps none, a heredoc does) is no empty value.
+        return [line for line in super().split_envvar_value(rv) if line.strip()]
+
 
 ONE_PER_LINE = OnePerLine()
 

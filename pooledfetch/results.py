@@ -149,6 +149,9 @@ def _short_detail(exc: BaseException) -> str:
     if isinstance(exc, uex.ProtocolError) and len(exc.args) == 2:
         # ("Connection broken", IncompleteRead(...)) reads better without the tuple syntax.
         text = f"{exc.args[0]} {exc.args[1]!r}"
+    elif len(exc.args) == 2 and isinstance(exc.args[0], str) and isinstance(exc.args[1], BaseException):
+        # urllib3's ("Unable to connect to proxy", NewConnectionError(...)): the cause, told short.
+        text = f"{exc.args[0]}: {_short_detail(exc.args[1])}"
     elif len(exc.args) > 1 and isinstance(exc.args[-1], str):
         # urllib3's (connection, message) pairs: the message is the part worth reading.
         text = exc.args[-1]

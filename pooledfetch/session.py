@@ -28,10 +28,11 @@ from urllib3.exceptions import InvalidHeader, MaxRetryError, ResponseError
 from urllib3.response import BaseHTTPResponse
 from urllib3.util import SKIP_HEADER, SKIPPABLE_HEADERS, Retry, Timeout, make_headers, parse_url
 
-from pooledfetch.config import FETCHABLE_SCHEMES, FetchConfig
+from pooledfetch.config import FETCHABLE_SCHEMES, FetchConfig, absolute_http
 from pooledfetch.errors import ConfigError
 from pooledfetch.pools import ConnectionBudget, Deadlines, PoolAccounting, pool_classes
 from pooledfetch.sources import normalize_url
+from pooledfetch.text import mask_credentials
 from pooledfetch.tls import SharedContext
 
 # Idempotent methods only: retrying a POST could repeat its side effects.
@@ -191,17 +192,37 @@ def canonical_url(url: str) -> str | None:
     return match.group("origin") + (rest if rest.startswith("/") else "/" + rest)
 
 
-def _load_netrc() -> netrc.netrc | None:
-    """The file requests would use: $NETRC, else ~/.netrc or ~/_netrc; None when there is none."""
+def load_netrc(config: FetchConfig) -> netrc.netrc | None:
+    """With --netrc, the file requests would use: $NETRC, else ~/.netrc or ~/_netrc; None when
+    there is none. One that cannot be read raises ConfigError."""
+    if not config.netrc:
+        return None
     candidates = [os.environ["NETRC"]] if os.environ.get("NETRC") else ["~/.netrc", "~/_netrc"]
     for candidate in candidates:
         path = os.path.expanduser(candidate)
         if os.path.exists(path):
             try:
                 return netrc.netrc(path)
-            except (netrc.NetrcParseError, OSError) as exc:
+            except (netrc.NetrcParseError, OSError, UnicodeDecodeError) as exc:
                 raise ConfigError(f"cannot use --netrc file {path!r}: {exc}") from exc
     return None
+
+
+def environment_proxies(config: FetchConfig) -> dict[str, str]:
+    """The proxies HTTP_PROXY, HTTPS_PROXY and ALL_PROXY name (none with --proxy or
+    --no-env-proxy). One that is no http(s) proxy URL raises ConfigError: requests would fail
+    every URL with it as an `invalid_url`, and --resume would then count them done."""
+    if not config.env_proxy or config.proxy is not None:
+        return {}
+    proxies = {scheme: url for scheme, url in urllib.request.getproxies().items() if scheme in ("http", "https", "all")}
+    for scheme, url in proxies.items():
+        # requests reads a proxy without a scheme as http:// (prepend_scheme_if_needed).
+        if not absolute_http(url if "://" in url else "http://" + url):
+            raise ConfigError(
+                f"the {scheme}_proxy environment variable ({mask_credentials(url)!r}) is not an http:// or "
+                "https:// proxy URL with a host and a valid port: fix it, or give --no-env-proxy"
+            )
+    return proxies
 
 
 class _SharedTlsAdapter(HTTPAdapter):
@@ -281,13 +302,9 @@ class Transport:
             probe, self.verify, config.client_certificate
         )[1]
         # Read once: requests would re-read ~/.netrc for every request (and by default at all).
-        self._netrc = _load_netrc() if config.netrc else None
+        self._netrc = load_netrc(config)
         # Read once: an explicit --proxy beats the environment, and --no-env-proxy ignores it.
-        self.env_proxies = (
-            {scheme: url for scheme, url in urllib.request.getproxies().items() if scheme in ("http", "https", "all")}
-            if config.env_proxy and config.proxy is None
-            else {}
-        )
+        self.env_proxies = environment_proxies(config)
 
     def _retry(self) -> CappedRetry:
         retry = CappedRetry(

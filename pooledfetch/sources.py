@@ -159,8 +159,11 @@ def decode_line(line: str | bytes | OverlongLine) -> tuple[str, str | None]:
             text = line.decode("utf-8")
         except UnicodeDecodeError:
             return strip_line(line.decode("utf-8", "backslashreplace")), "line is not valid UTF-8"
-    else:
+    elif isinstance(line, str):
         text = line.removeprefix(_UTF8_BOM)
+    else:
+        # From the library API (fetch_all([url, None])): still the item's own row.
+        return repr(line), f"not a URL: {type(line).__name__}"
     return strip_line(text), None
 
 

@@ -9,6 +9,7 @@ connection (an SSLContext is safe to share between threads).
 from __future__ import annotations
 
 import os
+import re
 import ssl
 import threading
 from typing import Any
@@ -26,6 +27,13 @@ def load(config: FetchConfig) -> ssl.SSLContext:
     if config.ca_bundle is not None:
         try:
             if os.path.isdir(config.ca_bundle):
+                # OpenSSL looks a directory up by subject hash at each handshake, so only now
+                # can it be told that no certificate in it would ever be found.
+                if not any(_HASHED_NAME.match(name) for name in os.listdir(config.ca_bundle)):
+                    raise ConfigError(
+                        f"--ca-bundle {config.ca_bundle!r} is a directory with no hashed certificate names "
+                        "(HASH.0): run `openssl rehash` on it, or give a PEM file"
+                    )
                 context.load_verify_locations(capath=config.ca_bundle)
             else:
                 context.load_verify_locations(cafile=config.ca_bundle)
@@ -56,6 +64,9 @@ def check_files(config: FetchConfig) -> ssl.SSLContext | None:
         return load(config)
     return None
 
+
+# How OpenSSL finds a certificate in a CA directory: its subject hash, then a sequence number.
+_HASHED_NAME = re.compile(r"^[0-9a-f]{8}\.\d+$")
 
 # requests' pool settings that make urllib3 load files into a new context per connection.
 _FILE_SETTINGS = ("ca_certs", "ca_cert_dir", "cert_file", "key_file")

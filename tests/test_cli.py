@@ -337,6 +337,90 @@ def test_a_config_file_that_is_not_utf8_is_one_clear_line(tmp_path: Path) -> Non
     assert "Traceback" not in err and out == ""
 
 
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ("max-time = 1970-01-01", "'max-time' must be a number, text or true/false, not a date or time"),
+        ("workers = 12:00:00", "not a date or time"),
+        ("header = [1979-05-27]", "not a date or time"),
+        ("workers = 3.9", "'workers' must be a whole number"),
+        ("workers = true", "'workers' must be a whole number"),
+        ('read-timeout = "2"', "'read-timeout' must be a number"),
+    ],
+)
+def test_a_config_value_of_the_wrong_type_is_a_usage_error(tmp_path: Path, line: str, message: str) -> None:
+    """A date was a traceback (float() of it raised a TypeError click does not catch); `workers
+    = 3.9` ran with 3 workers and `workers = true` with 1, click's int() taking what it was given."""
+    config = tmp_path / "pooledfetch.toml"
+    config.write_text(line + "\n", encoding="utf-8")
+    code, out, err = run(url_file(tmp_path, ["http://127.0.0.1:9/"]), "--config", str(config))
+    assert code == ExitCode.USAGE
+    assert message in err
+    assert "Traceback" not in err and out == ""
+
+
+@pytest.mark.parametrize("place", ["config file", "environment"])
+def test_timeout_typed_beats_a_read_timeout_from_further_away(
+    httpserver: HTTPServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, place: str
+) -> None:
+    """`--timeout 3` lost to `read-timeout = 0.5` in the config file (or POOLEDFETCH_READ_TIMEOUT)."""
+    httpserver.expect_request("/slow").respond_with_handler(lambda request: time.sleep(1.0) or Response("ok"))
+    args = [url_file(tmp_path, [httpserver.url_for("/slow")]), "--timeout", "3", "--retries", "0"]
+    if place == "config file":
+        config = tmp_path / "pooledfetch.toml"
+        config.write_text("read-timeout = 0.5\n", encoding="utf-8")
+        args += ["--config", str(config)]
+    else:
+        monkeypatch.setenv("POOLEDFETCH_READ_TIMEOUT", "0.5")
+    code, out, err = run(*args)
+    assert (code, out.split("\t")[0]) == (ExitCode.OK, "200"), err
+    # From one place, the specific option wins.
+    code, out, _ = run(*args, "--read-timeout", "0.5")
+    assert (code, out.split("\t")[0]) == (ExitCode.SOME_FAILED, "timeout")
+
+
+def test_an_empty_method_is_a_usage_error_not_a_get(tmp_path: Path) -> None:
+    code, out, err = run(url_file(tmp_path, ["http://127.0.0.1:9/"]), "-X", "")
+    assert code == ExitCode.USAGE
+    assert "is not a valid HTTP method" in err and out == ""
+
+
+@pytest.mark.parametrize("proxy", ["http://127.0.0.1:99999", "socks5://user:secret@127.0.0.1:1", "ftp://proxy"])
+def test_a_bad_proxy_in_the_environment_is_a_usage_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, proxy: str
+) -> None:
+    """Every URL was an `invalid_url` row ("Failed to parse: ..."), which --resume then counted done."""
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    monkeypatch.setenv("http_proxy", proxy)
+    export = tmp_path / "rows.jsonl"
+    code, out, err = run(url_file(tmp_path, ["http://127.0.0.1:9/"]), "-o", str(export))
+    assert code == ExitCode.USAGE
+    assert "the http_proxy environment variable" in err and "--no-env-proxy" in err
+    assert "secret" not in err
+    assert out == "" and not export.exists()
+    code, _, _ = run(url_file(tmp_path, ["http://127.0.0.1:9/"]), "--no-env-proxy", "--retries", "0")
+    assert code == ExitCode.SOME_FAILED  # fetched (and refused), not stopped
+
+
+@pytest.mark.parametrize("processes", [[], ["--processes", "1"]])
+@pytest.mark.parametrize(
+    "content", [b'machine h login\n garbage "unterminated\n', b"machine h login n\xfcser password p\n"]
+)
+def test_a_netrc_that_cannot_be_used_stops_the_run_before_anything_opens(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, processes: list[str], content: bytes
+) -> None:
+    """With --processes the file was read only in the workers: every row `other`, the export
+    written, exit 1. A netrc that is not UTF-8 was "unexpected UnicodeDecodeError"."""
+    (tmp_path / "netrc").write_bytes(content)
+    monkeypatch.setenv("NETRC", str(tmp_path / "netrc"))
+    export = tmp_path / "rows.jsonl"
+    code, out, err = run(url_file(tmp_path, ["http://127.0.0.1:9/"]), "--netrc", "-o", str(export), *processes)
+    assert code == ExitCode.USAGE
+    assert "cannot use --netrc file" in err and "unexpected" not in err
+    assert out == "" and not export.exists()
+
+
 def test_jsonl_on_stdout_to_a_reader_that_leaves_keeps_the_other_exports(
     demo_server: DemoServer, tmp_path: Path
 ) -> None:

@@ -106,6 +106,27 @@ def test_valid_extras_are_accepted(tmp_path):
         ({"base_url": "example.com/api"}, "must be an absolute http(s) URL"),
         ({"base_url": "/api/"}, "must be an absolute http(s) URL"),
         ({"base_url": "http:///nohost"}, "must be an absolute http(s) URL"),
+        # Past ~9.2e9 s a socket timeout overflows time_t: every request failed as `other`.
+        ({"read_timeout": 1e10}, "--read-timeout must be at most 1000000000 seconds"),
+        ({"connect_timeout": float("inf")}, "--connect-timeout must be at most"),
+        ({"max_time": 1e10}, "--max-time must be at most"),
+        ({"rate": 1e-300}, "--rate must be at least one request per 1000000000 seconds"),
+        ({"per_host_rate": 1e-12}, "--per-host-rate must be at least one request per"),
+        # http.client sends header text as Latin-1: anything else failed every request.
+        ({"headers": (("X-U", "中文"),)}, "header 'X-U': the value must be Latin-1"),
+        ({"user_agent": "中文"}, "--user-agent: the value must be Latin-1"),
+        ({"cookies": (("a", "中"),)}, "cookie 'a': the value must be Latin-1"),
+        # The library API takes any value: a wrong type failed deep in a request, or not at all.
+        ({"workers": "2"}, "--workers must be a whole number, not '2'"),
+        ({"workers": 2.5}, "--workers must be a whole number"),
+        ({"workers": True}, "--workers must be a whole number"),
+        ({"pool_maxsize": None}, "--pool-maxsize must be a whole number, not None"),
+        ({"read_timeout": "5"}, "--read-timeout must be a number"),
+        ({"method": None}, "--method must be text, not None"),
+        ({"verify": "no"}, "--verify must be True or False"),
+        ({"headers": ["X-A: 1"]}, "headers must hold (name, value) pairs of text"),
+        ({"retry_statuses": ("500",)}, "retry_statuses must hold whole numbers"),
+        ({"data": "text"}, "data must be bytes or None"),
     ],
 )
 def test_validation_errors(changes, message):
@@ -142,3 +163,9 @@ def test_bad_pool_maxsize_with_default_workers_names_pool_maxsize():
     with pytest.raises(ConfigError) as info:
         FetchConfig(pool_maxsize=0)
     assert "--pool-maxsize" in str(info.value)
+
+
+def test_lists_are_taken_as_tuples_so_the_config_stays_hashable():
+    config = FetchConfig(headers=[["X-A", "1"]], retry_statuses=[500], cookies=[("a", "b")])
+    assert (config.headers, config.retry_statuses, config.cookies) == ((("X-A", "1"),), (500,), (("a", "b"),))
+    assert hash(config) == hash(FetchConfig(headers=(("X-A", "1"),), retry_statuses=(500,), cookies=(("a", "b"),)))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import http.server
+import json
 import os
 import select
 import socket
@@ -65,7 +66,8 @@ def test_options_named_otherwise_inside_take_their_variable_as_spelt(httpserver:
     seen = _recording(httpserver)
     urls = _url_file(tmp_path, httpserver.url_for("/seen"))
     out = tmp_path / "rows.jsonl"
-    env = {"POOLEDFETCH_HEADER": "X-One: first value\nX-Two: second", "POOLEDFETCH_OUTPUT": str(out)}
+    # A trailing newline (a heredoc's) was an empty value: "-H '' is not 'Name: value'".
+    env = {"POOLEDFETCH_HEADER": "X-One: first value\nX-Two: second\n", "POOLEDFETCH_OUTPUT": f"{out}\n"}
 
     result = CliRunner(env=env).invoke(cli, [urls, "-q"])
 
@@ -122,7 +124,7 @@ def test_the_no_side_of_a_flag_pair_sets_the_flag_off(tmp_path: Path) -> None:
         ("header = [['a']]", "'header' must be a list of values"),
         ("workers = [1, 2]", "'workers' takes one value, not a list"),
         ("quiet = 'yes'", "'quiet' is a flag: use true or false"),
-        ("workers = 'many'", "'many' is not a valid integer"),
+        ("workers = 'many'", "'workers' must be a whole number"),
     ],
 )
 def test_a_bad_config_file_is_a_usage_error_naming_the_problem(tmp_path: Path, content: str, message: str) -> None:
@@ -390,3 +392,23 @@ def test_a_proxy_that_is_not_an_http_url_is_a_usage_error(tmp_path: Path) -> Non
     result = CliRunner().invoke(cli, [_url_file(tmp_path, "http://127.0.0.1:9/"), "--proxy", "socks5://127.0.0.1:1"])
     assert result.exit_code == ExitCode.USAGE
     assert "--proxy" in result.stderr
+
+
+@pytest.mark.parametrize("option", ["--proxy", "--base-url"])
+def test_a_usage_error_masks_the_password_of_the_url_it_quotes(tmp_path: Path, option: str) -> None:
+    result = CliRunner().invoke(
+        cli, [_url_file(tmp_path, "http://127.0.0.1:9/"), option, "http://alice:s3cret@h:99999/"]
+    )
+    assert result.exit_code == ExitCode.USAGE
+    assert "alice:***@h" in result.stderr and "s3cret" not in result.stderr
+
+
+def test_a_proxy_that_refuses_is_told_in_words_not_a_tuple(tmp_path: Path, free_port: int) -> None:
+    """The detail was `('Unable to connect to proxy', NewConnectionError("AccountedHTTPConnection(host=...`."""
+    urls = _url_file(tmp_path, "http://127.0.0.1:9/")
+    result = CliRunner().invoke(
+        cli, [urls, "-q", "-o", "-", "--retries", "0", "--proxy", f"http://127.0.0.1:{free_port}"]
+    )
+    row = json.loads(result.stdout)
+    assert row["error"] == "proxy"
+    assert row["error_detail"].startswith("Unable to connect to proxy: Failed to establish a new connection")

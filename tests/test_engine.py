@@ -241,6 +241,32 @@ def test_a_ca_bundle_without_certificates_is_a_config_error_before_any_request(
     assert https_server.requests == 0
 
 
+def test_a_ca_directory_without_hashed_names_is_a_config_error_before_any_request(
+    https_server: DemoServer, ca_pem: str, tmp_path: Path
+) -> None:
+    """OpenSSL reads a CA directory by subject hash at each handshake: a directory of plain PEM
+    files (or none) was accepted, and every HTTPS row then failed as `ssl`."""
+    (tmp_path / "ca.pem").write_text(Path(ca_pem).read_text())
+    with pytest.raises(ConfigError, match="no hashed certificate names"):
+        next(iter(fetch_all([f"{https_server.base_url}/get"], fast(ca_bundle=str(tmp_path)))))
+    assert https_server.requests == 0
+
+
+def test_fetch_all_refuses_one_url_given_as_text() -> None:
+    """Iterated, a string was one `invalid_url` row per character."""
+    with pytest.raises(TypeError, match="iterable of URLs"):
+        fetch_all("http://127.0.0.1:9/")
+    with pytest.raises(TypeError, match="config must be a FetchConfig"):
+        fetch_all(["http://127.0.0.1:9/"], {"workers": 2})  # type: ignore[arg-type]
+
+
+def test_an_item_that_is_no_url_gets_its_own_row() -> None:
+    """A None among the URLs raised AttributeError after the first row: the rest had none."""
+    rows = sorted(fetch_all(["http://127.0.0.1:9/", None, 5], fast(retries=0)), key=lambda row: row.index)  # type: ignore[list-item]
+    assert [(row.index, row.error) for row in rows] == [(0, rc.CONNECT), (1, rc.INVALID_URL), (2, rc.INVALID_URL)]
+    assert rows[1].error_detail == "not a URL: NoneType"
+
+
 def test_tls_hostname_mismatch_fails_even_with_the_ca(
     https_server: DemoServer, ca_pem: str, fake_dns: list[str]
 ) -> None:
