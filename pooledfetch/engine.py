@@ -470,6 +470,12 @@ def fetch_one(transport: Transport, target: Target, abandon: threading.Event, li
                 host = None
                 host = limiter.acquire(final_url, deadline)
             raw = transport.send(prepared, deadline, limiter.retry_observer(host) if limiter is not None else None)
+            if deadline is not None and time.monotonic() >= deadline:
+                # The watchdog shuts the socket at the deadline, and http.client takes that for the
+                # end of a head still arriving: what came is no response to report.
+                release(raw)
+                raw = None
+                raise DeadlineExceeded
             if limiter is not None and host is not None:
                 limiter.observe(host, raw.status, raw.headers.get("Retry-After"))
             retries += _retries_used(raw)

@@ -7,6 +7,7 @@ letters, digits, `.`, `_` and `-` replaced, no name can climb out of the directo
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 from typing import BinaryIO
@@ -15,6 +16,8 @@ from urllib.parse import unquote, urlsplit
 MAX_STEM = 120
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 PARTIAL_SUFFIX = ".part"
+# O_EXCL already refuses a symlink at the name; O_NOFOLLOW says so where the OS has it.
+_NO_FOLLOW = getattr(os, "O_NOFOLLOW", 0)
 
 
 class SaveError(Exception):
@@ -38,7 +41,12 @@ class BodyFile:
             raise SaveError(f"refusing to save outside {directory!r}")  # unreachable by construction
         self._partial = self.path + PARTIAL_SUFFIX
         try:
-            self._stream: BinaryIO = open(self._partial, "wb")  # noqa: SIM115 - closed in commit/discard
+            # A new file, never one found there: a symlink planted at NAME.part was followed, and
+            # the body written wherever it pointed. What was there (a stale part, a link) goes.
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self._partial)
+            fd = os.open(self._partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NO_FOLLOW, 0o666)
+            self._stream: BinaryIO = os.fdopen(fd, "wb")
         except OSError as exc:
             raise SaveError(f"cannot save to {self._partial!r}: {exc.strerror or exc}") from exc
 

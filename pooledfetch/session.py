@@ -7,6 +7,7 @@ only safe while nothing writes to it.
 
 from __future__ import annotations
 
+import http.client
 import netrc
 import os
 import re
@@ -24,7 +25,7 @@ from requests.models import REDIRECT_STATI
 from requests.structures import CaseInsensitiveDict
 from requests.utils import requote_uri, select_proxy, should_bypass_proxies
 from urllib3.connectionpool import HTTPConnectionPool
-from urllib3.exceptions import InvalidHeader, MaxRetryError, ResponseError
+from urllib3.exceptions import InvalidHeader, MaxRetryError, ProtocolError, ResponseError, SSLError
 from urllib3.response import BaseHTTPResponse
 from urllib3.util import SKIP_HEADER, SKIPPABLE_HEADERS, Retry, Timeout, make_headers, parse_url
 
@@ -93,6 +94,11 @@ class CappedRetry(Retry):
         retry.observer = self.observer
         return retry
 
+    def is_retry(self, method: str, status_code: int, has_retry_after: bool = False) -> bool:
+        """Only the statuses of --retry-status: urllib3 also retries any 413, 429 or 503 that
+        carries a Retry-After, so `--retry-status 500` (or none) still retried those."""
+        return status_code in (self.status_forcelist or ()) and super().is_retry(method, status_code, has_retry_after)
+
     def get_retry_after(self, response: BaseHTTPResponse) -> float | None:
         """As urllib3's, except that a Retry-After it cannot read (`soon`, `1.5`) counts as none:
         the backoff applies, and the 429/503 is not lost to an InvalidHeader error."""
@@ -112,6 +118,10 @@ class CappedRetry(Retry):
     ) -> CappedRetry:
         if response is not None and self.observer is not None:
             self.observer(response)
+        if error is not None and _fails_alike(error):
+            given_up = RetriesCutShort(_pool, url, error)
+            given_up.made = len(self.history)
+            raise given_up
         following = super().increment(method, url, response, error, _pool, _stacktrace)
         retry_after = self.get_retry_after(response) if response is not None else None
         wait = retry_after if retry_after is not None and self.respect_retry_after_header else None
@@ -129,8 +139,38 @@ class CappedRetry(Retry):
         raise cut_short
 
 
+def _as_sent(url: str | None) -> str:
+    """`url` as the request line will carry it: urllib3 removes dot segments from the path, and
+    requoting can make new ones (`%2e%2e` is `..`). The row's final_url (and --save-dir's file
+    name) then name what was asked for, not `/x/../ok` for a request for `/ok`."""
+    assert url is not None
+    return str(parse_url(url).url)
+
+
+def _server(url: str) -> tuple[str | None, int | None]:
+    parts = urlsplit(url)
+    return parts.hostname, parts.port or _DEFAULT_PORTS.get(parts.scheme)
+
+
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def _fails_alike(error: Exception) -> bool:
+    """An error that a request sent again would meet again, so it is reported at once rather
+    than after each retry's backoff (curl does not retry these either): a certificate that does
+    not verify, or a response that breaks HTTP (a bad status line, a malformed or too long header
+    line, too many headers). A connection reset or closed, as a stale keep-alive one is, is not."""
+    if isinstance(error, SSLError):
+        return any(isinstance(cause, ssl.SSLCertVerificationError) for cause in error.args)
+    if isinstance(error, ProtocolError) and len(error.args) == 2:
+        cause = error.args[1]
+        return isinstance(cause, http.client.HTTPException) and not isinstance(cause, ConnectionError)
+    return False
+
+
 class RetriesCutShort(MaxRetryError):
-    """Given up before the retries ran out (a wait past --max-retry-wait or --max-time)."""
+    """Given up before the retries ran out: a wait past --max-retry-wait or --max-time, or an
+    error that would come again (_fails_alike)."""
 
     made = 0  # the retries made before
 
@@ -186,7 +226,7 @@ _CANONICAL_URL = re.compile(
 def canonical_url(url: str) -> str | None:
     """`url` as requests would prepare it, when it is already in canonical form; else None."""
     match = _CANONICAL_URL.fullmatch(url)
-    if match is None:
+    if match is None or url.endswith("?"):  # requests drops an empty query, "?" and all
         return None
     rest = match.group("rest") or "/"
     return match.group("origin") + (rest if rest.startswith("/") else "/" + rest)
@@ -338,8 +378,9 @@ class Transport:
         prepared = requests.PreparedRequest()
         prepared.method = self.config.method
         prepared.url = canonical_url(url)
-        if prepared.url is None:
+        if prepared.url is None:  # it has no dot segment either
             prepared.prepare_url(url, None)  # IDNA, requoting, validation
+            prepared.url = _as_sent(prepared.url)
         prepared.headers = self.headers
         if self._body_needed:
             prepared.headers = self.headers.copy()
@@ -458,6 +499,7 @@ class Transport:
         url = requote_uri(url)
         following = previous.copy()
         following.prepare_url(url, None)
+        following.url = _as_sent(following.url)
         self.session.rebuild_method(following, response)
         if response.status_code not in (307, 308):
             for header in _BODY_HEADERS:
@@ -467,6 +509,9 @@ class Transport:
         if self.session.should_strip_auth(previous.url, following.url):
             for header in _CREDENTIAL_HEADERS:
                 following.headers.pop(header, None)
+        if _server(previous.url) != _server(following.url):
+            # A -H Host named the first server's virtual host: another gets its own, as from curl.
+            following.headers.pop("Host", None)
         self.session.rebuild_auth(following, response)
         self._apply_netrc(following)
         self.session.rebuild_proxies(following, self.proxies_for(following.url))

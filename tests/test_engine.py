@@ -198,6 +198,14 @@ def test_tls_with_an_unknown_ca_fails_verification(https_server: DemoServer) -> 
     assert https_server.requests == 0
 
 
+def test_a_certificate_that_does_not_verify_is_not_tried_again(https_server: DemoServer) -> None:
+    """Each retry met the same certificate after its backoff: 3 handshakes and ~1 s a URL."""
+    start = time.monotonic()
+    result = fetch_one(f"{https_server.base_url}/get", fast(retries=2, backoff_factor=1.0))
+    assert (result.error, result.retries) == (rc.SSL, 0)
+    assert time.monotonic() - start < 1.0
+
+
 @pytest.mark.filterwarnings("ignore::urllib3.exceptions.InsecureRequestWarning")
 def test_tls_without_verification(https_server: DemoServer) -> None:
     result = fetch_one(f"{https_server.base_url}/get", fast(verify=False))

@@ -73,6 +73,8 @@ def test_max_time_beats_headers_that_drip_forever(server: HostileServer) -> None
     result, elapsed = timed_fetch_one(server.url("drip-headers?every=0.2&for=4"), fast(read_timeout=5.0, max_time=1.0))
     assert elapsed < 3.0, f"--max-time 1 s, but the row took {elapsed:.1f} s"
     assert (result.error, result.ok) == (rc.TIMEOUT, False)
+    # The head never ended: the row said 200 OK, http.client taking the cut for its end (curl: 000).
+    assert (result.status, result.reason) == (None, "")
 
 
 # `Connection: close` (the default of every hostile route) and keep-alive (`keepalive=1`) differ in
@@ -231,6 +233,32 @@ def test_429_retry_after_then_200(server: HostileServer) -> None:
     assert elapsed < 3.0
 
 
+@pytest.mark.parametrize("code", [413, 429, 503])
+def test_only_the_statuses_of_retry_status_are_retried_retry_after_or_not(server: HostileServer, code: int) -> None:
+    """urllib3 retries any 413, 429 or 503 with a Retry-After, whatever its status_forcelist:
+    `--retry-status 500` still sent each of them three times."""
+    url = server.url(f"status?code={code}&after=0&key=forcelist-{code}")
+    result, _ = timed_fetch_one(url, fast(retries=2, retry_statuses=(500,)))
+    assert (result.status, result.retries) == (code, 0)
+    assert len(server.requests_to("status")) == 1
+
+
+@pytest.mark.parametrize("route", ["garbage", "no-colon", "many-headers?count=500", "huge-header?size=100000"])
+def test_a_response_that_breaks_http_is_not_sent_for_again(server: HostileServer, route: str) -> None:
+    """It breaks the same way each time: the row came after every retry's backoff (curl does not retry either)."""
+    result, elapsed = timed_fetch_one(server.url(route), fast(retries=2, backoff_factor=1.0))
+    assert (result.error, result.retries) == (rc.PROTOCOL, 0)
+    assert len(server.requests_to(route.split("?")[0])) == 1
+    assert elapsed < 1.0
+
+
+def test_a_connection_closed_without_a_word_is_still_retried(server: HostileServer) -> None:
+    """What a stale keep-alive connection gives (RemoteDisconnected): worth another try."""
+    result, _ = timed_fetch_one(server.url("close"), fast(retries=2))
+    assert (result.error, result.retries) == (rc.PROTOCOL, 2)
+    assert len(server.requests_to("close")) == 3
+
+
 @pytest.mark.parametrize("after", ["soon", "1.5", "-5"])
 def test_an_unreadable_retry_after_falls_back_to_the_backoff(server: HostileServer, after: str) -> None:
     """urllib3 raised InvalidHeader, and the row lost the 503 it had."""
@@ -365,6 +393,35 @@ def test_credential_headers_do_not_follow_a_redirect_to_another_host(
     assert first.header("Host") == f"a.test:{server.port}" and second.header("Host") == f"b.test:{server.port}"
     assert first.header("Authorization") == "Bearer s3cret"
     assert {name: second.header(name) for name in CREDENTIAL_HEADERS} == dict.fromkeys(CREDENTIAL_HEADERS)
+
+
+def test_a_host_header_given_goes_to_its_own_server_only(server: HostileServer, fake_dns: list[str]) -> None:
+    """`-H 'Host: vhost.test'` was sent on to b.test after a redirect: the row named b.test's
+    URL while the request asked for vhost.test there. A same-server hop keeps it."""
+    back = f"http://a.test:{server.port}/ok"
+    away = f"http://b.test:{server.port}/redirect?to=" + quote(back, safe="")
+    url = f"http://a.test:{server.port}/redirect?to=" + quote(away, safe="")
+    result, _ = timed_fetch_one(url, fast(headers=(("Host", "vhost.test"),)))
+    assert (result.status, result.redirects, result.final_url) == (200, 2, back)
+    assert [request.header("Host") for request in server.requests] == [
+        "vhost.test",
+        f"b.test:{server.port}",
+        f"a.test:{server.port}",
+    ]
+    same_server = f"http://a.test:{server.port}/redirect?to=" + quote("/ok", safe="")
+    timed_fetch_one(same_server, fast(headers=(("Host", "vhost.test"),)))
+    assert [request.header("Host") for request in server.requests[3:]] == ["vhost.test", "vhost.test"]
+
+
+@pytest.mark.parametrize("via", ["the line", "a Location"])
+def test_final_url_names_the_path_the_request_line_carried(server: HostileServer, via: str) -> None:
+    """Requoting makes `%2e%2e` a `..` that urllib3 removes on the wire: the row said
+    `/x/../ok` for a request for `/ok` (and --save-dir named its file after the former)."""
+    dotted = f"http://127.0.0.1:{server.port}/x/%2e%2e/ok"
+    url = dotted if via == "the line" else server.url("redirect?to=" + quote(dotted, safe=""))
+    result, _ = timed_fetch_one(url, fast())
+    assert (result.status, result.final_url) == (200, f"http://127.0.0.1:{server.port}/ok")
+    assert server.requests[-1].path == "/ok"
 
 
 def test_url_credentials_do_not_follow_a_redirect_to_another_port(

@@ -45,6 +45,22 @@ def test_hostile_paths_stay_inside_the_directory(path: str, tmp_path: Path) -> N
     assert (tmp_path / name).resolve().parent == tmp_path.resolve()
 
 
+def test_a_link_planted_at_the_partial_name_is_not_followed(httpserver: HTTPServer, tmp_path: Path) -> None:
+    """The body was written through a symlink at NAME.part, to wherever it pointed."""
+    httpserver.expect_request("/ok").respond_with_data("body")
+    save_dir = tmp_path / "bodies"
+    save_dir.mkdir()
+    outside = tmp_path / "outside.txt"
+    outside.write_text("untouched")
+    url = httpserver.url_for("/ok")
+    (save_dir / (file_name(0, url) + PARTIAL_SUFFIX)).symlink_to(outside)
+    (result,) = fetch_all([url], FetchConfig(save_dir=str(save_dir)))
+    assert (result.status, result.error) == (200, "")
+    assert outside.read_text() == "untouched"
+    saved = Path(result.saved_path)
+    assert not saved.is_symlink() and saved.read_text() == "body"
+
+
 def test_content_disposition_cannot_choose_the_name(httpserver: HTTPServer, tmp_path: Path) -> None:
     httpserver.expect_request("/report").respond_with_data(
         "data", headers={"Content-Disposition": 'attachment; filename="../../escaped.txt"'}

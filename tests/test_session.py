@@ -247,6 +247,7 @@ def test_the_fast_path_agrees_with_requests_prepare_url(scheme: str, host: str, 
         ("http://h.example?x=1", "http://h.example/?x=1"),
         ("https://x.org/a.b/c.d?e.f", "https://x.org/a.b/c.d?e.f"),
         ("http://a.example/x?y=%7E", None),  # requoting would rewrite the escape
+        ("http://a.example/x?", None),  # requests drops an empty query
         ("http://A.example/", None),  # the host would be lowercased
         ("http://a.example/x/../y", None),  # dot segments are removed
         ("http://a.example/a b", None),  # the space would be quoted
