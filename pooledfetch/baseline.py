@@ -247,7 +247,8 @@ def classify_change(previous: PreviousRow | None, result: Result, rules: ChangeR
         return FIXED
     if failed and not previous.failed:
         return BROKEN
-    if result.status != previous.status or url_key(result.final_url) != url_key(previous.final_url):
+    # A row without a final URL (an invalid line) is stored under its URL: compared so too.
+    if result.status != previous.status or url_key(result.final_url or result.url) != url_key(previous.final_url):
         return STATUS_CHANGED
     slower_by = result.total_ms - previous.total_ms
     if result.total_ms > previous.total_ms * rules.slower_ratio and slower_by > rules.slower_ms:

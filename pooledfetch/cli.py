@@ -237,7 +237,7 @@ def _run(options: dict[str, Any]) -> ExitCode:
                 resumed = open_exporter(options["resume"], "jsonl", append=True, input_names=source.names)
                 outputs.sinks.append(stack.enter_context(resumed))
 
-            fetcher = transport or _cluster_client(stack, options, config)
+            fetcher = transport or _cluster_client(stack, options, config, stops.cancel)
             _consume(source, options["demo"], config, stops, outputs, progress, resume_state, changes, fetcher)
     except KeyboardInterrupt:
         interrupted = True
@@ -361,8 +361,10 @@ def _open_outputs(
     console = _stderr_console() if stderr_terminal else None
 
     def summarise(exc_type: type[BaseException] | None, *_: object) -> None:
-        if exc_type is not None and issubclass(exc_type, PooledFetchError):
-            return  # the error is the one line to show
+        if exc_type is not None and issubclass(exc_type, PooledFetchError) and not stats.total:
+            return  # nothing ran: the error is the one line to show
+        # Otherwise the rows are in (a Dask scheduler lost mid-run, an input that failed part
+        # way): their summary comes first, then the error's line.
         stats.close()
         if options["summary_json"]:
             from pooledfetch.summary import summary_data, write_summary_json
@@ -449,7 +451,9 @@ def _plain_lines() -> PlainLines:
     return PlainLines(sys.stdout, colour)
 
 
-def _cluster_client(stack: ExitStack, options: dict[str, Any], config: FetchConfig) -> _ClusterClient:
+def _cluster_client(
+    stack: ExitStack, options: dict[str, Any], config: FetchConfig, cancel: threading.Event
+) -> _ClusterClient:
     """For --processes or --dask-scheduler: a connected Dask client (kept open until the run ends)."""
     processes, scheduler = options["processes"], options["dask_scheduler"]
     if processes is not None:
@@ -458,7 +462,7 @@ def _cluster_client(stack: ExitStack, options: dict[str, Any], config: FetchConf
         localworkers.start_server()  # its imports run while this process imports Dask
     from pooledfetch import cluster
 
-    client = stack.enter_context(cluster.connect(processes, scheduler, config.connect_timeout))
+    client = stack.enter_context(cluster.connect(processes, scheduler, config.connect_timeout, cancel))
     link = cluster.dashboard_link(client)
     if link is not None and not options["quiet"]:
         click.echo(f"pooledfetch: Dask dashboard at {link}", err=True)

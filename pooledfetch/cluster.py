@@ -26,7 +26,7 @@ import uuid
 from collections import OrderedDict, deque
 from collections.abc import Callable, Generator, Iterable, Iterator
 from concurrent.futures import CancelledError, ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field, replace
 
 from pooledfetch import localworkers, tls
@@ -55,6 +55,8 @@ DEFAULT_CHUNK = 512
 # A rate-limited chunk holds about this much work, so the last chunks are not run by one
 # process at its share of the rate while the others sit idle.
 CHUNK_SECONDS = 1.0
+# How long a scheduler has to answer Dask's handshake once its port has taken the connection.
+HANDSHAKE_SECONDS = 5.0
 # Chunks in flight per worker process: one running and one ready to start.
 CHUNKS_PER_WORKER = 2
 # Only these methods may be sent again when a chunk is re-run (RFC 9110 idempotent, minus PUT
@@ -77,7 +79,9 @@ _MAX_ENGINES = 4
 
 
 @contextmanager
-def connect(processes: int | None, scheduler: str | None, connect_timeout: float) -> Iterator[distributed.Client]:
+def connect(
+    processes: int | None, scheduler: str | None, connect_timeout: float, cancel: threading.Event | None = None
+) -> Iterator[distributed.Client]:
     """A client of a new LocalCluster of `processes` workers, or of the cluster at `scheduler`.
 
     A LocalCluster started here is shut down on the way out, its worker processes with it.
@@ -99,7 +103,7 @@ def connect(processes: int | None, scheduler: str | None, connect_timeout: float
             "distributed.worker.multiprocessing-method": localworkers.start_method(),
         }
         with dask.config.set(settings):
-            with _connected(processes, scheduler, connect_timeout) as client:
+            with _connected(processes, scheduler, connect_timeout, cancel) as client:
                 yield client
     finally:
         for name, level in levels.items():
@@ -107,15 +111,11 @@ def connect(processes: int | None, scheduler: str | None, connect_timeout: float
 
 
 @contextmanager
-def _connected(processes: int | None, scheduler: str | None, connect_timeout: float) -> Iterator[distributed.Client]:
+def _connected(
+    processes: int | None, scheduler: str | None, connect_timeout: float, cancel: threading.Event | None
+) -> Iterator[distributed.Client]:
     if scheduler is not None:
-        try:
-            client = distributed.Client(scheduler, timeout=connect_timeout, set_as_default=False)
-        except ValueError as exc:
-            raise ConfigError(f"--dask-scheduler {scheduler!r}: {exc}") from None
-        except (OSError, TimeoutError) as exc:
-            raise ClusterError(f"cannot reach the Dask scheduler at {scheduler}: {exc}") from None
-        with client:
+        with _client_of(scheduler, connect_timeout, cancel) as client:
             yield client
         return
     localworkers.start_server()  # unless the CLI started it already
@@ -124,7 +124,10 @@ def _connected(processes: int | None, scheduler: str | None, connect_timeout: fl
     # running with its own list already, so that list would change nothing.
     if hasattr(distributed.utils, "_forkserver_preload_set"):
         distributed.utils._forkserver_preload_set = True
-    with localworkers.sigint_ignored():
+    # A forkserver's workers ignore SIGINT as the server does; spawned ones inherit it from here,
+    # which then drops a Ctrl-C that comes while they start.
+    ignoring = localworkers.sigint_ignored() if localworkers.start_method() == "spawn" else nullcontext()
+    with ignoring:
         cluster = distributed.LocalCluster(
             n_workers=processes,
             threads_per_worker=1,
@@ -136,6 +139,45 @@ def _connected(processes: int | None, scheduler: str | None, connect_timeout: fl
             silence_logs=logging.CRITICAL,
         )
     with cluster, distributed.Client(cluster, set_as_default=False) as client:
+        yield client
+
+
+@contextmanager
+def _client_of(scheduler: str, connect_timeout: float, cancel: threading.Event | None) -> Iterator[distributed.Client]:
+    """A client of the scheduler at `scheduler`, connected within `connect_timeout` plus
+    HANDSHAKE_SECONDS, or ClusterError. distributed's own timeout bounds the TCP connect but not
+    its handshake after it: a listener that is no Dask scheduler (an HTTP server, a stuck
+    process) held the run forever. A set `cancel` (Ctrl-C) ends the wait as an interrupt."""
+    made: list[distributed.Client] = []
+    failed: list[BaseException] = []
+
+    def connect() -> None:
+        try:
+            made.append(distributed.Client(scheduler, timeout=connect_timeout, set_as_default=False))
+        except BaseException as exc:  # noqa: BLE001 - handed to the waiting thread
+            failed.append(exc)
+
+    # Named for the CLI's exit: a connection still hanging must not hold the interpreter.
+    connecting = threading.Thread(target=connect, name="pooledfetch-connect", daemon=True)
+    connecting.start()
+    deadline = time.monotonic() + connect_timeout + HANDSHAKE_SECONDS
+    while connecting.is_alive() and time.monotonic() < deadline:
+        if cancel is not None and cancel.is_set():
+            raise KeyboardInterrupt
+        connecting.join(_POLL_SECONDS)
+    if connecting.is_alive():
+        raise ClusterError(
+            f"cannot reach the Dask scheduler at {scheduler}: no Dask scheduler answered within "
+            f"{connect_timeout + HANDSHAKE_SECONDS:g} s (is it one?)"
+        )
+    if failed:
+        exc = failed[0]
+        if isinstance(exc, ValueError):
+            raise ConfigError(f"--dask-scheduler {scheduler!r}: {exc}") from None
+        if isinstance(exc, OSError | TimeoutError):
+            raise ClusterError(f"cannot reach the Dask scheduler at {scheduler}: {exc}") from None
+        raise exc
+    with made[0] as client:
         yield client
 
 
@@ -807,8 +849,10 @@ def _watch(cancelled: distributed.Event, stop: threading.Event) -> None:
         try:
             if cancelled.is_set():
                 stop.set()
-        except (OSError, TimeoutError):
-            pass  # the scheduler is unreachable for now
+        except Exception:  # noqa: BLE001 - the scheduler is unreachable for now (OSError, or
+            # AttributeError from a client without its scheduler): the watch goes on, or the
+            # chunk could no longer be cancelled.
+            pass
 
 
 def _unsent(targets: list[Target], config: FetchConfig, error: str, detail: str) -> ChunkDone:

@@ -362,6 +362,17 @@ def test_change_kinds_in_their_order() -> None:
     assert classify_change(failing, helpers.make_result(status=None, error="timeout", ok=False), rules) == "same"
 
 
+def test_an_invalid_line_against_its_own_row_is_the_same(tmp_path: Path) -> None:
+    """Its row has no final URL and the baseline stores it under its URL: `status_changed`."""
+    lines = tmp_path / "urls.txt"
+    lines.write_text("not a url\nftp://x/\n", encoding="utf-8")
+    first, second = tmp_path / "first.jsonl", tmp_path / "second.jsonl"
+    assert CliRunner().invoke(cli, [str(lines), "-q", "-o", str(first)]).exit_code == ExitCode.SOME_FAILED
+    CliRunner().invoke(cli, [str(lines), "-q", "-o", str(second), "--baseline", str(first)])
+    rows = [json.loads(line) for line in second.read_text(encoding="utf-8").splitlines()]
+    assert [(row["error"], row["change"]) for row in rows] == [("invalid_url", "same")] * 2
+
+
 def _previous(status: int | None = 200, error: str = "", total_ms: float = 10.0) -> PreviousRow:
     return PreviousRow(status, error, "https://example.com/", total_ms, 512, "", "", "")
 

@@ -33,6 +33,7 @@ from hostile import LOOPBACK, cli_command, offline_env
 from recording import RecordingServer, most_in_one_second
 from test_interrupts import Run
 
+from pooledfetch import localworkers
 from pooledfetch import results as rc
 from pooledfetch.config import FetchConfig
 from pooledfetch.demo import DemoServer
@@ -463,6 +464,34 @@ def test_processes_auto_is_one_per_core() -> None:
     assert processes(context, cli.params[0], " 3 ") == 3
 
 
+def test_a_listener_that_is_no_dask_scheduler_is_one_line_within_the_connect_timeout(tmp_path: Path) -> None:
+    """It accepts and says nothing (an HTTP server, a stuck process): distributed's timeout bounds
+    the TCP connect but not its handshake, and the run waited forever, deaf to two Ctrl-Cs."""
+    with socket.socket() as mute:
+        mute.bind((LOOPBACK, 0))
+        mute.listen()
+        began = time.monotonic()
+        outcome = subprocess.run(
+            [
+                cli_command(),
+                "-",
+                "--dask-scheduler",
+                f"tcp://{LOOPBACK}:{mute.getsockname()[1]}",
+                "--connect-timeout",
+                "2",
+            ],
+            input="http://127.0.0.1:9/\n",
+            env=offline_env(tmp_path),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert outcome.returncode == ExitCode.SOME_FAILED
+    lines = outcome.stderr.strip().splitlines()
+    assert len(lines) == 1 and "cannot reach the Dask scheduler at tcp://" in lines[0], lines
+    assert time.monotonic() - began < 2 + 15
+
+
 def test_an_unreachable_scheduler_is_one_line_within_the_connect_timeout(tmp_path: Path, closed_port: int) -> None:
     began = time.monotonic()
     outcome = subprocess.run(
@@ -590,6 +619,24 @@ def test_a_worker_restarted_after_a_death_still_ignores_ctrl_c(dask_client: Any)
     assert all(_ignores_sigint(pid) for pid in workers_again())
 
 
+@pytest.mark.skipif(localworkers.start_method() != "forkserver", reason="workers forked from a forkserver")
+def test_this_process_keeps_its_ctrl_c_while_its_local_cluster_starts(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The workers ignore SIGINT as their forkserver does. Ignoring it here as well while they
+    started dropped a Ctrl-C that came then: the run went on to the end, exit 0."""
+    seen: list[Any] = []
+    real = distributed.LocalCluster
+
+    def recording(*args: Any, **kwargs: Any) -> Any:
+        seen.append(signal.getsignal(signal.SIGINT))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(distributed, "LocalCluster", recording)
+    with cluster.connect(1, None, START_SECONDS) as client:
+        client.wait_for_workers(1, timeout=START_SECONDS)
+        assert all(_ignores_sigint(pid) for pid in client.run(os.getpid).values())
+    assert len(seen) == 1 and seen[0] is not signal.SIG_IGN
+
+
 def _ignores_sigint(pid: int) -> bool:
     status = Path(f"/proc/{pid}/status").read_text(encoding="utf-8")
     ignored = next(line.split()[1] for line in status.splitlines() if line.startswith("SigIgn:"))
@@ -701,8 +748,9 @@ def test_a_real_cluster_then_its_scheduler_lost_mid_run(tmp_path: Path, slow_ser
         assert {row["worker"] for row in rows} == {"first", "second"}
 
         lines = [f"{slow_server.base_url}/v{i}?s=0.3" for i in range(60)]
+        summary = tmp_path / "summary.json"
         args = ["--dask-scheduler", address, "--chunk-size", "3", "-w", "2", "--connect-timeout", "3", "-o", str(out)]
-        run = Run(tmp_path, lines, *args, name="lost")
+        run = Run(tmp_path, lines, *args, "--summary-json", str(summary), name="lost")
         wait_until(lambda: slow_server.requests() >= 40 + 4, START_SECONDS, "the second run's first requests")
         scheduler.kill()
         assert run.wait(90) == ExitCode.SOME_FAILED, run.stderr
@@ -710,5 +758,8 @@ def test_a_real_cluster_then_its_scheduler_lost_mid_run(tmp_path: Path, slow_ser
         assert sorted(row["index"] for row in rows) == list(range(60))
         assert any(row["error"] == rc.WORKER_LOST for row in rows)
         assert "lost the Dask scheduler" in run.stderr and "Traceback" not in run.stderr
+        # The rows are all in: their summary was skipped for the error's line, and no file written.
+        assert json.loads(summary.read_text(encoding="utf-8"))["urls"] == 60
+        assert "60 URLs:" in run.stderr
     finally:
         dask.stop()
