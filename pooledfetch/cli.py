@@ -7,6 +7,7 @@ Heavy modules (requests, urllib3, the demo server) are imported inside the comma
 from __future__ import annotations
 
 import gc
+import io
 import os
 import signal
 import sys
@@ -145,6 +146,11 @@ def _run(options: dict[str, Any]) -> ExitCode:
     if options["reorder_window"] is not None and not options["keep_order"]:
         raise click.UsageError("--reorder-window needs --keep-order")
     _check_files(options, inputs)
+    for stream in (sys.stdout, sys.stderr):
+        # What the terminal's encoding cannot hold (a URL's é under LANG=C) goes out escaped, as
+        # in an export file: with strict errors one such row ended the run.
+        if isinstance(stream, io.TextIOWrapper):
+            stream.reconfigure(errors="backslashreplace")
     if options["insecure"]:
         # The user asked for it once; urllib3 would otherwise warn once per connection.
         import warnings
@@ -357,7 +363,9 @@ def _open_outputs(
     from pooledfetch.sink import NullView
 
     stderr_terminal = sys.stderr.isatty() and os.environ.get("TERM") != "dumb"
-    live = stderr_terminal and not options["quiet"] and not options["no_live"]
+    # JSONL rows on the terminal the view draws on would be torn by its frames, and it by them.
+    rows_on_its_terminal = "-" in options["outputs"] and _same_terminal(sys.stdout, sys.stderr)
+    live = stderr_terminal and not options["quiet"] and not options["no_live"] and not rows_on_its_terminal
     console = _stderr_console() if stderr_terminal else None
 
     def summarise(exc_type: type[BaseException] | None, *_: object) -> None:
@@ -369,16 +377,22 @@ def _open_outputs(
         if options["summary_json"]:
             from pooledfetch.summary import summary_data, write_summary_json
 
-            write_summary_json(options["summary_json"], summary_data(stats, progress.accounting, config, changes))
+            try:
+                write_summary_json(options["summary_json"], summary_data(stats, progress.accounting, config, changes))
+            except ExportError as exc:
+                failures.append(exc)  # told after the summary, as a failed export is
         if options["quiet"]:
             return
-        if console is not None:
-            from pooledfetch.summary import print_summary
+        try:
+            if console is not None:
+                from pooledfetch.summary import print_summary
 
-            print_summary(console, stats, progress.accounting, config, changes)
-        else:
-            line = stats.summary_line()
-            click.echo(line if changes is None else f"{line}; {changes.summary_line()}", err=True)
+                print_summary(console, stats, progress.accounting, config, changes)
+            else:
+                line = stats.summary_line()
+                click.echo(line if changes is None else f"{line}; {changes.summary_line()}", err=True)
+        except BrokenPipeError:
+            pass  # `2>&1 | head`: stderr's reader has gone, and the run's outcome stands
 
     # Registered before the view is opened, so it runs after the view has cleared itself.
     stack.push(summarise)
@@ -447,7 +461,8 @@ def _same_terminal(first: Any, second: Any) -> bool:
 def _plain_lines() -> PlainLines:
     from pooledfetch.plain import PlainLines
 
-    colour = sys.stdout.isatty() and "NO_COLOR" not in os.environ and os.environ.get("TERM") != "dumb"
+    # no-color.org: NO_COLOR set and not empty, as rich reads it for the view and the summary.
+    colour = sys.stdout.isatty() and not os.environ.get("NO_COLOR") and os.environ.get("TERM") != "dumb"
     return PlainLines(sys.stdout, colour)
 
 

@@ -12,6 +12,7 @@ from typing import IO, Any
 from pooledfetch.errors import ExportError
 from pooledfetch.results import FIELDS, Result
 from pooledfetch.sink import FlushPace, Sink
+from pooledfetch.text import printable
 
 FORMATS = ("csv", "json", "jsonl")
 STDOUT = "-"
@@ -80,6 +81,9 @@ class _FileExporter(Sink):
         # Set once a write has failed, or stdout's reader has gone: nothing more is written.
         self._stopped = False
         self._pace = FlushPace()
+        # A terminal interprets what a server sent (colours, links, a cursor moved): JSON escapes
+        # it anyway, and CSV cells on a terminal are shown escaped as the plain lines are.
+        self._shown = printable if not owned and stream.isatty() else None
         try:
             self._guarded(self.begin)
         except ExportError:
@@ -160,13 +164,16 @@ class CsvExporter(_FileExporter):
     def begin(self) -> None:
         self._writer = csv.writer(self._stream)
         # Column names come from the input's own header line: as untrusted as any cell.
-        self._writer.writerow((*map(csv_cell, self._input_names), *FIELDS))
+        self._write_cells([*map(csv_cell, self._input_names), *FIELDS])
 
     def write_row(self, result: Result) -> None:
         cells = [csv_cell(getattr(result, name)) for name in FIELDS]
         if self._input_names:
             cells[:0] = [_input_cell(value) for value in input_values(result, len(self._input_names))]
-        self._writer.writerow(cells)
+        self._write_cells(cells)
+
+    def _write_cells(self, cells: list[str]) -> None:
+        self._writer.writerow(cells if self._shown is None else map(self._shown, cells))
 
 
 def _input_cell(value: object) -> str:

@@ -136,6 +136,12 @@ class LiveView(Sink):
             # Drawn by the refresh thread on its next tick, not here: feeding sinks stays cheap.
             self._show(self._live, refresh=False)
 
+    def flush(self) -> None:
+        """Called while no result comes: a fresh snapshot, or the last results, the count in
+        flight and the total would wait for the next result (a slow URL's seconds) to show."""
+        if self._live is not None:
+            self._show(self._live, refresh=False)
+
     def close(self) -> None:
         live, self._live = self._live, None
         if live is None:
@@ -153,7 +159,8 @@ class LiveView(Sink):
     def _show(self, live: Live, *, refresh: bool) -> None:
         self.renders += 1
         self._last_frame = time.monotonic()
-        live.update(self.frame(), refresh=refresh)
+        self.shown = self.frame()  # what the display draws until the next one
+        live.update(self.shown, refresh=refresh)
 
 
 def _results_lines(rows: tuple[Result, ...], width: int) -> list[Text]:

@@ -116,9 +116,9 @@ class RunStats(Sink):
         if result.status is not None:
             self.statuses[result.status] += 1
             failed = failed or result.status >= 400
-        if result.ttfb_ms is not None:
-            self.ttfb.record(result.ttfb_ms)
         if result.error not in _NOT_TIMED:
+            if result.ttfb_ms is not None:
+                self.ttfb.record(result.ttfb_ms)
             self.total_time.record(result.total_ms)
         if result.pool_wait_ms is not None:
             self.pool_wait.record(result.pool_wait_ms)

@@ -6,7 +6,9 @@ The one-line `RunStats.summary_line()` stays the summary for pipes and logs.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 from typing import TYPE_CHECKING, Any
 
 from rich.console import Console, Group, RenderableType
@@ -105,11 +107,21 @@ def pool_advice(accounting: PoolAccounting, config: FetchConfig) -> str | None:
 
 
 def write_summary_json(path: str, data: dict[str, Any]) -> None:
+    """Written whole or not at all: to a file beside `path`, then renamed over it, so a full disk
+    never leaves half a summary where a previous run's whole one was. A path that is no regular
+    file (/dev/stdout, a pipe) is written as it is: a rename would replace it."""
+    text = json.dumps(data, indent=2) + "\n"
+    in_place = os.path.exists(path) and not os.path.isfile(path)
+    target = path if in_place else f"{path}.{os.getpid()}.part"
     try:
-        with open(path, "w", encoding="utf-8") as stream:
-            json.dump(data, stream, indent=2)
-            stream.write("\n")
+        with open(target, "w", encoding="utf-8") as stream:
+            stream.write(text)
+        if not in_place:
+            os.replace(target, path)
     except OSError as exc:
+        if not in_place:
+            with contextlib.suppress(OSError):
+                os.unlink(target)
         raise ExportError(f"cannot write the summary to {path!r}: {exc.strerror or exc}") from None
 
 

@@ -280,6 +280,16 @@ def test_a_burst_of_results_is_drawn_at_most_a_few_times_a_second(make_run: Call
     assert run.view.renders - before <= elapsed * FRAMES_PER_SECOND + 1
 
 
+def test_results_that_came_between_frames_show_once_the_run_waits(make_run: Callable[..., Run]) -> None:
+    """The last results before a slow URL (and the count in flight) showed only when the next
+    result came: seconds of `0 done` while five were done."""
+    run = make_run()
+    run.feed([make_result(0), make_result(1)])  # within a frame's time of the view's first frame
+    assert [row.index for row in run.view.shown.snapshot.rows] == []
+    run.view.flush()  # what the run calls while no result comes
+    assert [row.index for row in run.view.shown.snapshot.rows] == [0, 1]
+
+
 def test_a_steady_stream_is_redrawn_about_eight_times_a_second(make_run: Callable[..., Run]) -> None:
     run = make_run()
     before = run.view.renders

@@ -13,10 +13,12 @@ from pathlib import Path
 from urllib.parse import quote
 
 import pytest
+from click.testing import CliRunner
 from helpers import run_on_pty
 from hostile import HostileServer, cli_command, offline_env
 
 from pooledfetch import results as rc
+from pooledfetch.cli import cli
 from pooledfetch.demo import DemoServer
 from pooledfetch.results import FIELDS
 from pooledfetch.text import mask_credentials
@@ -122,6 +124,22 @@ def test_no_injected_sequence_reaches_the_live_view_or_summary(server: HostileSe
     for injected in (b"\x1b]0;", b"\x1b[2J", b"\x07", b"\xc2\x9b", b"pwned"):
         assert injected not in output, injected
     assert b"[bold red]markup[/bold red]" in output  # shown as text, not taken as markup
+
+
+def test_csv_on_a_terminal_shows_server_text_escaped(server: HostileServer, tmp_path: Path) -> None:
+    """`-o - --format csv` printed the reason phrase's ESC, OSC and BEL raw to the terminal (JSON
+    escapes them anyway); in a file the CSV keeps the exact values."""
+    urls = tmp_path / "urls.txt"
+    urls.write_text(server.url("reason") + "\n", encoding="utf-8")
+    env = offline_env(tmp_path, TERM="xterm-256color", COLUMNS="240", LINES="50")
+    code, output = run_on_pty([cli_command(), str(urls), "-o", "-", "--format", "csv"], env)
+    assert code == 0, output.decode(errors="replace")
+    for injected in (b"\x1b]0;", b"\x07", b"\x1b[31mRED"):
+        assert injected not in output, injected
+    assert b"\\x1b[31mRED" in output  # shown escaped, not lost
+    exported = tmp_path / "rows.csv"
+    assert CliRunner().invoke(cli, [str(urls), "-q", "-o", str(exported)]).exit_code == 0
+    assert "\x1b[31mRED\x1b]0;pwned\x07 OK" in exported.read_text(encoding="utf-8")
 
 
 # --- CSV injection ------------------------------------------------------------------------------------------------

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 from pathlib import Path
 
 import helpers
@@ -113,6 +114,16 @@ def test_latency_percentiles_for_headers_and_total_time() -> None:
     assert total_row[0] in ("50", "51")  # about the middle of 1..100 ms, within the histogram's 1%
     assert headers_row[-1] == "50"
     assert "p50 p90 p95 p99 max" in squeezed(text)
+
+
+def test_rows_never_timed_whole_stay_out_of_the_time_to_headers_too() -> None:
+    """Interrupted rows were left out of the total time but not the time to headers: after a
+    Ctrl-C the summary showed "time to headers p50 1.2" above "total time p50 0.6"."""
+    stats = RunStats()
+    stats.write(helpers.make_result(index=0, ttfb_ms=4.0, total_ms=5.0))
+    for index in (1, 2):
+        stats.write(helpers.make_result(index=index, ttfb_ms=1.0, total_ms=900.0, ok=False, error="interrupted"))
+    assert (stats.ttfb.count, stats.total_time.count) == (1, 1)
 
 
 def test_status_codes_and_top_hosts_in_order_with_error_rates() -> None:
@@ -233,6 +244,21 @@ def test_write_summary_json_round_trip(tmp_path: Path) -> None:
     write_summary_json(str(path), data)
     assert json.loads(path.read_text(encoding="utf-8")) == data
     assert path.read_text(encoding="utf-8").startswith('{\n  "urls": 100,')
+
+
+def test_a_summary_json_is_written_whole_or_not_at_all(tmp_path: Path) -> None:
+    """A failed write (a full disk, a file size limit) left half a file where the previous run's
+    whole one was: it is written beside it, then renamed over it."""
+    path = tmp_path / "summary.json"
+    path.write_text('{"previous": true}\n')
+    (tmp_path / f"summary.json.{os.getpid()}.part").mkdir()  # where the new one would be written
+    with pytest.raises(ExportError, match="cannot write the summary"):
+        write_summary_json(str(path), {"urls": 1})
+    assert path.read_text() == '{"previous": true}\n'
+    (tmp_path / f"summary.json.{os.getpid()}.part").rmdir()
+    write_summary_json(str(path), {"urls": 1})
+    assert json.loads(path.read_text()) == {"urls": 1}
+    assert [entry.name for entry in tmp_path.iterdir()] == ["summary.json"]
 
 
 def test_write_summary_json_to_a_missing_directory_is_one_clear_error(tmp_path: Path) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 from pathlib import Path
 
 from click.testing import CliRunner
@@ -68,3 +69,61 @@ def test_an_undersized_pool_is_reported_with_advice(tmp_path: Path) -> None:
     pool = json.loads(summary.read_text())["pool"]
     assert pool["connections_discarded"] > 0
     assert "--pool-maxsize" in pool["advice"]
+
+
+def test_jsonl_on_the_view_s_terminal_turns_the_view_off() -> None:
+    """`-o -` on the terminal the live view draws on: its frames tore the rows (a row began after
+    the spinner, stale frame lines sat among them, the view's last clear cut the last row)."""
+    code, output = _run_on_pty([cli_command(), "--demo", "--retries", "0", "-o", "-"])
+    assert code == 0, output
+    rows = [json.loads(line) for line in output.splitlines() if line.startswith("{")]
+    assert sorted(row["index"] for row in rows) == list(range(31))
+    assert "31/31" not in output and "in flight" not in output
+
+
+def test_an_empty_no_color_is_no_request_for_no_colour() -> None:
+    """no-color.org: NO_COLOR counts when set and not empty, as rich reads it for the summary."""
+    env = {**os.environ, "COLUMNS": "120", "LINES": "40", "TERM": "xterm-256color", "NO_COLOR": ""}
+    code, output = run_on_pty([cli_command(), "--demo", "--retries", "0", "--no-live"], env)
+    assert code == 0
+    assert b"\x1b[32m200\x1b[0m\t" in output
+
+
+def test_a_character_stdout_cannot_encode_is_escaped_not_the_end_of_the_run(tmp_path: Path) -> None:
+    """With stdout in ASCII (LANG=C), one URL with an é ended the run: 1 row of 3, exit 1."""
+    with DemoServer() as server:
+        urls = tmp_path / "urls.txt"
+        urls.write_text(
+            f"{server.base_url}/get/café\n{server.base_url}/get?1\n{server.base_url}/get?2\n", encoding="utf-8"
+        )
+        env = {**os.environ, "PYTHONIOENCODING": "ascii"}
+        done = subprocess.run(
+            [cli_command(), str(urls), "-o", str(tmp_path / "rows.jsonl")], env=env, capture_output=True
+        )
+    assert done.returncode == 0, done.stderr
+    assert b"caf\\xe9" in done.stdout and len(done.stdout.splitlines()) == 3
+    assert len((tmp_path / "rows.jsonl").read_text().splitlines()) == 3
+
+
+def test_stderr_s_reader_leaving_is_no_failure(tmp_path: Path) -> None:
+    """`pooledfetch urls 2>&1 | head -1` exited 1: the summary's write met the closed pipe."""
+    with DemoServer() as server:
+        urls = tmp_path / "urls.txt"
+        urls.write_text("".join(f"{server.base_url}/get?{i}\n" for i in range(200)), encoding="utf-8")
+        process = subprocess.Popen([cli_command(), str(urls)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        assert process.stdout is not None
+        process.stdout.readline()
+        process.stdout.close()
+        assert process.wait(30) == 0
+
+
+def test_a_summary_json_that_cannot_be_written_leaves_the_summary_shown(tmp_path: Path) -> None:
+    """The terminal summary was skipped for the error line."""
+    with DemoServer() as server:
+        urls = tmp_path / "urls.txt"
+        urls.write_text(f"{server.base_url}/get\n", encoding="utf-8")
+        result = CliRunner().invoke(cli, [str(urls), "--summary-json", "/dev/full"])
+    assert result.exit_code == 1
+    summary, error = result.stderr.splitlines()
+    assert summary.startswith("1 URLs: 1 ok, 0 HTTP errors, 0 failed")
+    assert error == "pooledfetch: error: cannot write the summary to '/dev/full': No space left on device"
