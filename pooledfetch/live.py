@@ -97,7 +97,9 @@ class Frame:
 
     def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
         width = options.max_width
-        figures = _pack(_figures(self.snapshot), width)
+        # On a console too short for them all, the figures that fit: a frame taller than the
+        # console leaves its top lines behind when cleared, and the progress line goes first.
+        figures = _pack(_figures(self.snapshot), width)[: max(0, options.max_height - 2)]
         room = options.max_height - len(figures) - _FIXED_LINES
         if room > 0 and self.snapshot.rows:
             yield from _results_lines(self.snapshot.rows[-room:], width)

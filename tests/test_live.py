@@ -235,6 +235,19 @@ def test_a_short_console_shows_fewer_rows_but_keeps_the_figures(make_run: Callab
     assert row_indexes(lines) == list(range(50 - (9 - 2 - len(figures)), 50))
 
 
+@pytest.mark.parametrize(("width", "height"), [(20, 5), (30, 8), (12, 4)])
+def test_a_console_too_short_for_the_figures_keeps_the_progress_line(
+    make_run: Callable[..., Run], width: int, height: int
+) -> None:
+    """On a 20 × 5 terminal the frame was 9 lines: cropped, it lost its progress line, and its
+    top lines were left above the summary when it was cleared."""
+    run = make_run(total=100)
+    run.feed(mixed_results(50))
+    lines = run.frame_text(width, height=height).splitlines()
+    assert len(lines) <= height - 1  # one line left for the cursor
+    assert "50/100" in lines[-1]
+
+
 def test_untrusted_text_is_inert_on_a_plain_console(make_run: Callable[..., Run]) -> None:
     run = make_run()
     run.feed([make_result(1, url="https://x.test/" + HOSTILE, reason=HOSTILE, error_detail=HOSTILE)])
