@@ -7,6 +7,7 @@ Heavy modules (requests, urllib3, the demo server) are imported inside the comma
 from __future__ import annotations
 
 import gc
+import importlib.util
 import io
 import os
 import signal
@@ -22,7 +23,7 @@ import click
 
 from pooledfetch import config as cfg
 from pooledfetch import options as opts
-from pooledfetch.errors import ExitCode, ExportError, PooledFetchError
+from pooledfetch.errors import DASK_MISSING, ExitCode, ExportError, PooledFetchError
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -139,6 +140,9 @@ def _run(options: dict[str, Any]) -> ExitCode:
     clustered = options["processes"] is not None or options["dask_scheduler"] is not None
     if options["chunk_size"] is not None and not clustered:
         raise click.UsageError("--chunk-size needs --processes or --dask-scheduler")
+    if clustered and importlib.util.find_spec("distributed") is None:
+        # Before anything starts (the demo server): the one line, without importing Dask.
+        raise ConfigError(DASK_MISSING)
     if not inputs and not options["demo"]:
         if _stdin_is_terminal():
             raise click.UsageError("no input: give a file of URLs, '-' to read stdin, or --demo to try it out")
@@ -481,6 +485,13 @@ def _cluster_client(
     link = cluster.dashboard_link(client)
     if link is not None and not options["quiet"]:
         click.echo(f"pooledfetch: Dask dashboard at {link}", err=True)
+    if scheduler is not None and not client.scheduler_info().get("workers"):
+        # Chunks wait on the scheduler until a worker joins: without a word, the run looks hung.
+        click.echo(
+            f"pooledfetch: the Dask scheduler at {scheduler} has no workers yet; the run starts when one joins "
+            f"(dask worker {scheduler} --nthreads 1)",
+            err=True,
+        )
     return _ClusterClient(client, options["chunk_size"])
 
 

@@ -33,7 +33,7 @@ from pooledfetch import localworkers, tls
 from pooledfetch import results as rc
 from pooledfetch.config import FetchConfig
 from pooledfetch.engine import DEFAULT_GRACE_SECONDS, KeepOrder, RunProgress, error_result, run
-from pooledfetch.errors import ClusterError, ConfigError
+from pooledfetch.errors import DASK_MISSING, ClusterError, ConfigError
 from pooledfetch.feed import Feed
 from pooledfetch.limits import MAX_TRACKED_HOSTS, WINDOW, Limiter, host_key
 from pooledfetch.pools import PoolAccounting, PoolFigures
@@ -45,7 +45,7 @@ try:
     import dask
     import distributed
 except ImportError:
-    raise ConfigError("--processes and --dask-scheduler need Dask: pip install 'pooledfetch[dask]'") from None
+    raise ConfigError(DASK_MISSING) from None
 
 # Targets per chunk: enough that a chunk's start-up cost (a task, a pickled config) is small
 # per URL and that its tail (threads idle while its last URLs finish) is a small part of it,

@@ -13,6 +13,9 @@ from __future__ import annotations
 
 from enum import IntEnum
 
+# What asking for a cluster says where Dask is not installed.
+DASK_MISSING = "--processes and --dask-scheduler need Dask: pip install 'pooledfetch[dask]'"
+
 
 class ExitCode(IntEnum):
     OK = 0
