@@ -213,7 +213,7 @@ def _run(options: dict[str, Any]) -> ExitCode:
                     client_cert=options["client_cert"],
                     client_key=options["client_key"],
                     proxy=options["proxy"],
-                    save_dir=opts.save_dir(options["save_dir"]),
+                    save_dir=options["save_dir"],
                     env_proxy=not options["no_env_proxy"],
                     keep_order=options["keep_order"],
                     reorder_window=options["reorder_window"] or 0,
@@ -235,6 +235,7 @@ def _run(options: dict[str, Any]) -> ExitCode:
 
             # Headers are read now: a missing column is reported before any export is opened.
             source = Input(inputs, options["input_format"], options["column"])
+            opts.make_save_dir(config.save_dir)
             stats = stack.enter_context(RunStats())
             # Before any export or --resume opens (and may truncate, rewrite or append to) the same file.
             changes = _open_changes(stack, options, config)

@@ -83,7 +83,7 @@ class FetchConfig:
     # An explicit proxy for every request; otherwise HTTP(S)_PROXY/NO_PROXY unless env_proxy is off.
     proxy: str | None = None
     env_proxy: bool = True
-    # A directory (existing) to save each body in; None saves nothing.
+    # A directory to save each body in (made when the run starts); None saves nothing.
     save_dir: str | None = None
     # Results in input order, at most `reorder_window` of them held (0 means 8 × workers).
     keep_order: bool = False
@@ -207,7 +207,8 @@ class FetchConfig:
                 raise ConfigError(f"{option} {path!r} is not a file")
         if self.client_key is not None and self.client_cert is None:
             raise ConfigError("--key needs --cert: the client certificate it belongs to")
-        if self.save_dir is not None and not os.path.isdir(self.save_dir):
+        # A directory not there yet is made when the run starts (pooledfetch.engine.run).
+        if self.save_dir is not None and os.path.exists(self.save_dir) and not os.path.isdir(self.save_dir):
             raise ConfigError(f"--save-dir {self.save_dir!r} is not a directory")
         if self.proxy is not None and not absolute_http(self.proxy):
             raise ConfigError(

@@ -47,13 +47,14 @@ def cookie(value: str) -> tuple[str, str]:
     return name.strip(), rest.strip()
 
 
-def save_dir(path: str | None) -> str | None:
+def make_save_dir(path: str | None) -> None:
+    """Create --save-dir (and its parents) once every other check has passed: a rejected run
+    leaves no new directory behind."""
     if path is not None:
         try:
             os.makedirs(path, exist_ok=True)
         except OSError as exc:
             raise click.BadParameter(f"--save-dir {path!r}: {exc.strerror or exc}") from None
-    return path
 
 
 def statuses(value: str) -> tuple[int, ...]:

@@ -102,6 +102,22 @@ def test_the_cli_creates_the_directory_and_exports_saved_path(demo_server: DemoS
     assert Path(row["saved_path"]).read_bytes().startswith(b"<!doctype html>")
 
 
+def test_a_run_rejected_leaves_no_save_dir_behind(tmp_path: Path) -> None:
+    """--save-dir NEW was made while the options were read, before a later one was refused."""
+    urls = tmp_path / "urls.txt"
+    urls.write_text("http://127.0.0.1:9/\n")
+    save_dir = tmp_path / "new"
+    result = CliRunner().invoke(cli, [str(urls), "--save-dir", str(save_dir), "--base-url", "ftp://x/"])
+    assert result.exit_code == 2
+    assert not save_dir.exists()
+
+
+def test_the_library_makes_a_save_dir_not_there_yet(demo_server: DemoServer, tmp_path: Path) -> None:
+    save_dir = tmp_path / "new" / "dir"
+    (result,) = fetch_all([f"{demo_server.base_url}/get"], FetchConfig(save_dir=str(save_dir)))
+    assert Path(result.saved_path).parent == save_dir
+
+
 def test_save_dir_must_be_a_directory(tmp_path: Path) -> None:
     not_a_dir = tmp_path / "file"
     not_a_dir.write_text("x")
