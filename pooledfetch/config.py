@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from urllib.parse import urlsplit
 
 from pooledfetch import __version__
@@ -30,7 +30,7 @@ _TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
 # The longest wait any setting may ask for (about 31 years): past ~9.2e9 s a socket timeout or
 # a timed wait overflows the platform's time_t, and every request would fail with it.
 MAX_SECONDS = 1e9
-# What each field must hold (None too, where its default is None): the library API takes a
+# What each field must hold (None too, where that is its default): the library API takes a
 # FetchConfig from any caller, and a wrong type would otherwise fail deep in a request.
 _WHOLE_NUMBERS = ("workers", "pool_connections", "pool_maxsize", "retries", "max_redirects", "max_bytes",
                   "reorder_window", "per_host_concurrency")  # fmt: skip
@@ -130,7 +130,7 @@ class FetchConfig:
         ):
             for name in names:
                 value = getattr(self, name)
-                if value is None and name not in _REQUIRED:
+                if value is None and name in _OPTIONAL:
                     continue
                 if not isinstance(value, kinds) or (isinstance(value, bool) and kinds is not bool):
                     raise ConfigError(f"{_option(name)} must be {what}, not {value!r}")
@@ -235,10 +235,8 @@ def _latin1(text: str) -> bool:
     return True
 
 
-# The fields whose None is not allowed (the others above default to None).
-_REQUIRED = frozenset(name for name in (*_WHOLE_NUMBERS, *_NUMBERS, *_TEXTS, *_FLAGS)
-                      if name not in ("per_host_concurrency", "max_time", "rate", "per_host_rate", "ca_bundle",
-                                      "base_url", "client_cert", "client_key", "proxy", "save_dir"))  # fmt: skip
+# The fields None may stand for (no limit, no file, none given): those whose default it is.
+_OPTIONAL = frozenset(field.name for field in fields(FetchConfig) if field.default is None)
 
 
 def absolute_http(url: str) -> bool:
