@@ -11,7 +11,7 @@ import json
 import os
 from typing import TYPE_CHECKING, Any
 
-from rich.console import Console, Group, RenderableType
+from rich.console import Console, ConsoleOptions, Group, RenderableType, RenderResult
 from rich.padding import Padding
 from rich.table import Table
 from rich.text import Text
@@ -264,19 +264,44 @@ def _hosts(stats: RunStats) -> RenderableType:
     top = stats.top_hosts(TOP_HOSTS)
     if not top:
         return Text("-", style="dim")
-    table = _figures_table()
-    table.add_column("host", overflow="ellipsis")
-    for header in ("requests", "errors", "new conn", "reused"):
-        table.add_column(header, justify="right", no_wrap=True)
-    for name, host in top:
-        table.add_row(
-            Text(printable(name)),
-            f"{host.requests:,}",
-            Text(f"{host.error_rate:.1%}", style="red" if host.failures else ""),
-            f"{host.new_connections:,}",
-            f"{host.reused_connections:,}",
-        )
-    return table
+    return _HostTable(
+        [printable(name) for name, _ in top],
+        {
+            "requests": [Text(f"{host.requests:,}") for _, host in top],
+            "errors": [Text(f"{host.error_rate:.1%}", style="red" if host.failures else "") for _, host in top],
+            "new conn": [Text(f"{host.new_connections:,}") for _, host in top],
+            "reused": [Text(f"{host.reused_connections:,}") for _, host in top],
+        },
+    )
+
+
+# Cells a host name keeps on a narrow console before the figure columns on its right give way.
+_HOST_ROOM = 16
+
+
+class _HostTable:
+    """The top hosts, laid out at draw time. A Table narrows only its host column (the figures
+    are never cut), and at 30 columns left no host name at all: here the figure columns go
+    from the right, connections first, until the names have room."""
+
+    def __init__(self, names: list[str], figures: dict[str, list[Text]]) -> None:
+        self._names = names
+        self._figures = figures
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        widths = {
+            header: max(len(header), *(cell.cell_len for cell in cells)) + 1 for header, cells in self._figures.items()
+        }
+        shown = list(self._figures)
+        while len(shown) > 1 and options.max_width - sum(widths[header] for header in shown) < _HOST_ROOM:
+            shown.pop()
+        table = _figures_table()
+        table.add_column("host", overflow="ellipsis")
+        for header in shown:
+            table.add_column(header, justify="right", no_wrap=True)
+        for row, name in enumerate(self._names):
+            table.add_row(Text(name), *(self._figures[header][row] for header in shown))
+        yield table
 
 
 def _pool(stats: RunStats, accounting: PoolAccounting, config: FetchConfig) -> Table:

@@ -126,6 +126,16 @@ def test_rows_never_timed_whole_stay_out_of_the_time_to_headers_too() -> None:
     assert (stats.ttfb.count, stats.total_time.count) == (1, 1)
 
 
+@pytest.mark.parametrize("width", [30, 40])
+def test_a_narrow_console_keeps_the_host_names_and_drops_figure_columns(width: int) -> None:
+    """At 30 columns the figure columns, never cut, left the host column nothing: rows of bare
+    numbers. The connection columns go first now."""
+    text = render(make_stats(), make_accounting(), width=width)[0]
+    hosts = text[text.index("Top 10 hosts") :].split("Connection pool")[0]
+    assert all(name in hosts for name in ("a.example", "b.example", "c.example"))
+    assert "requests" in hosts and "reused" not in hosts
+
+
 def test_status_codes_and_top_hosts_in_order_with_error_rates() -> None:
     text = render(make_stats(), make_accounting())[0]
     assert "200 90 · 404 5" in squeezed(text)
