@@ -586,10 +586,12 @@ def main() -> None:
     try:
         cli.main(prog_name="pooledfetch")
     except SystemExit as exit_:
-        if any(thread.name.startswith("pooledfetch") and thread.is_alive() for thread in threading.enumerate()):
+        abandoned = any(thread.name.startswith("pooledfetch") and thread.is_alive() for thread in threading.enumerate())
+        if abandoned or exit_.code == ExitCode.INTERRUPTED:
             # Worker threads abandoned by an interrupt or an error may sit in a socket read
-            # until their timeout; the exports are closed and the summary printed, so do not
-            # let the interpreter wait for them at exit.
+            # until their timeout, and a LocalCluster whose close a third Ctrl-C cut short is
+            # closed again by Dask's exit handler, slowly (its workers end with this process
+            # anyway). The exports are closed and the summary printed: nothing is left to wait for.
             sys.stdout.flush()
             sys.stderr.flush()
             os._exit(exit_.code if isinstance(exit_.code, int) else ExitCode.SOME_FAILED)

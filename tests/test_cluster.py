@@ -697,6 +697,36 @@ def test_ctrl_c_on_a_local_cluster_keeps_finished_rows_and_leaves_no_process(
     assert not [child.pid for child in children if child.is_running() and child.status() != psutil.STATUS_ZOMBIE]
 
 
+def test_a_third_ctrl_c_on_a_local_cluster_quits_at_once_and_leaves_no_process(
+    tmp_path: Path, slow_server: _SlowServer
+) -> None:
+    """It landed in the LocalCluster's close, and Dask's exit handler then closed it again,
+    waiting on its busy workers: ~10 s more than two Ctrl-Cs took, not less."""
+    urls, out, stderr = tmp_path / "urls.txt", tmp_path / "out.jsonl", tmp_path / "stderr"
+    urls.write_text("".join(f"{slow_server.base_url}/u{i}?s=20\n" for i in range(40)), encoding="utf-8")
+    args = [cli_command(), str(urls), "--processes", "2", "-w", "2", "--chunk-size", "4", "-q", "-o", str(out)]
+    with stderr.open("wb") as errors_to:
+        process = subprocess.Popen(args, env=offline_env(tmp_path), stderr=errors_to, start_new_session=True)
+    try:
+        wait_until(lambda: slow_server.requests() >= 4, START_SECONDS, "requests on the wire")
+        children = psutil.Process(process.pid).children(recursive=True)
+        for _ in range(3):
+            os.killpg(process.pid, signal.SIGINT)
+            time.sleep(0.3)
+        third = time.monotonic()
+        assert process.wait(60) == ExitCode.INTERRUPTED, stderr.read_text()
+        assert time.monotonic() - third < 5.0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert "Traceback" not in stderr.read_text()
+    rows = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+    assert sorted(row["index"] for row in rows) == list(range(40))
+    psutil.wait_procs(children, timeout=10)
+    assert not [child.pid for child in children if child.is_running() and child.status() != psutil.STATUS_ZOMBIE]
+
+
 class _DaskProcesses:
     """`dask scheduler` and `dask worker` subprocesses on 127.0.0.1, stopped at the end."""
 
