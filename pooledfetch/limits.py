@@ -24,6 +24,8 @@ from collections.abc import Callable, Iterable, Iterator
 from email.utils import parsedate_to_datetime
 from urllib.parse import urlsplit
 
+from urllib3.response import BaseHTTPResponse
+
 from pooledfetch.config import FetchConfig
 from pooledfetch.feed import Feed
 from pooledfetch.pools import PoolAccounting
@@ -265,11 +267,12 @@ class Limiter:
             if self._slots is not None:
                 self._slots.acquire(host, deadline, self._stopped)
             try:
-                paused = self._hosts.paused_until(host)
-                if paused is not None:
-                    sleep_until(paused, deadline, self._stopped)
+                self._wait_out_pause(host, deadline)
                 self._take(self._hosts.bucket(host), deadline, self._stopped)
                 self._take(self._overall, deadline, self._stopped)
+                # A pause that began while this waited for its rate instants holds it too: "no
+                # worker sends the host anything until then" (its instants pass unused).
+                self._wait_out_pause(host, deadline)
             except BaseException:
                 self.release(host)
                 raise
@@ -277,6 +280,10 @@ class Limiter:
             if self._accounting is not None:
                 self._accounting.waited_for_limits(time.monotonic() - began)
         return host
+
+    def _wait_out_pause(self, host: str, deadline: float | None) -> None:
+        while (paused := self._hosts.paused_until(host)) is not None:
+            sleep_until(paused, deadline, self._stopped)
 
     def release(self, host: str | None) -> None:
         if host is not None and self._slots is not None:
@@ -287,10 +294,17 @@ class Limiter:
         return self._hosts.paused_until(host) is not None
 
     def retry_observer(self, host: str | None) -> RetryObserver | None:
-        """What urllib3 should tell of each response it retries, so a pause starts with its wait."""
+        """What urllib3 should tell of each try it retries, so a pause starts with its wait; it
+        answers until when the host is paused, which the retry then waits out too."""
         if not self._pause_hosts or host is None:
             return None
-        return lambda response: self.observe(host, response.status, response.headers.get("Retry-After"))
+
+        def observed(response: BaseHTTPResponse | None) -> float | None:
+            if response is not None:
+                self.observe(host, response.status, response.headers.get("Retry-After"))
+            return self._hosts.paused_until(host)
+
+        return observed
 
     def observe(self, host: str, status: int, retry_after: str | None) -> None:
         """With --pause-hosts, a 429/503's Retry-After pauses its host for every worker."""

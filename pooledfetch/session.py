@@ -83,9 +83,12 @@ class CappedRetry(Retry):
 
     max_wait: float = 60.0
     deadlines: Deadlines | None = None
-    # Told of each response urllib3 is about to retry, before it waits: --pause-hosts pauses
-    # the host for every worker during that wait, not only once the retries are over.
+    # Told of each try urllib3 is about to retry (its response, or None after an error), before
+    # it waits: --pause-hosts pauses the host for every worker during that wait, not only once
+    # the retries are over. It answers until when the host is paused: the retry waits that out.
     observer: RetryObserver | None = None
+    # Until when (time.monotonic()) this retry's sleep lasts at least: its host's pause.
+    held_until: float | None = None
 
     def new(self, **kw: Any) -> CappedRetry:
         retry = super().new(**kw)
@@ -98,6 +101,11 @@ class CappedRetry(Retry):
         """Only the statuses of --retry-status: urllib3 also retries any 413, 429 or 503 that
         carries a Retry-After, so `--retry-status 500` (or none) still retried those."""
         return status_code in (self.status_forcelist or ()) and super().is_retry(method, status_code, has_retry_after)
+
+    def sleep(self, response: BaseHTTPResponse | None = None) -> None:
+        super().sleep(response)
+        if self.held_until is not None and (remaining := self.held_until - time.monotonic()) > 0:
+            time.sleep(remaining)
 
     def get_retry_after(self, response: BaseHTTPResponse) -> float | None:
         """As urllib3's, except that a Retry-After it cannot read (`soon`, `1.5`) counts as none:
@@ -116,8 +124,7 @@ class CappedRetry(Retry):
         _pool: Any = None,
         _stacktrace: Any = None,
     ) -> CappedRetry:
-        if response is not None and self.observer is not None:
-            self.observer(response)
+        held_until = self.observer(response) if self.observer is not None else None
         if error is not None and _fails_alike(error):
             given_up = RetriesCutShort(_pool, url, error)
             given_up.made = len(self.history)
@@ -127,6 +134,10 @@ class CappedRetry(Retry):
         wait = retry_after if retry_after is not None and self.respect_retry_after_header else None
         if wait is None:
             wait = following.get_backoff_time()
+        if held_until is not None:
+            # Another URL's 429/503 paused the host: no retry goes to it before the pause ends.
+            wait = max(wait, held_until - time.monotonic())
+            following.held_until = held_until
         deadline = self.deadlines.current() if self.deadlines is not None else None
         if wait > self.max_wait:
             reason = f"a retry wait of {wait:.0f}s exceeds --max-retry-wait {self.max_wait:g}s"
@@ -175,7 +186,7 @@ class RetriesCutShort(MaxRetryError):
     made = 0  # the retries made before
 
 
-RetryObserver = Callable[[BaseHTTPResponse], None]
+RetryObserver = Callable[[BaseHTTPResponse | None], float | None]
 
 
 class _NoCookies(DefaultCookiePolicy):

@@ -10,6 +10,7 @@ import http.server
 import threading
 import time
 from dataclasses import dataclass, field
+from urllib.parse import parse_qs
 
 from hostile import LOOPBACK
 
@@ -30,7 +31,8 @@ class Recorder:
 
 
 class _RecordingHandler(http.server.BaseHTTPRequestHandler):
-    """`/delay/S` answers after S seconds; `/retry-after/S` is a 429 with `Retry-After: S`; else 200."""
+    """`/delay/S` answers after S seconds; `/retry-after/S` is a 429 with `Retry-After: S`; else 200.
+    Any path with `?delay=S` answers after S seconds."""
 
     protocol_version = "HTTP/1.1"
     server: RecordingServer
@@ -54,7 +56,9 @@ class _RecordingHandler(http.server.BaseHTTPRequestHandler):
 
     def _answer(self) -> None:
         status, headers = 200, {}
-        path = self.path.partition("?")[0]
+        path, _, query = self.path.partition("?")
+        if delay := parse_qs(query).get("delay"):
+            time.sleep(float(delay[0]))
         if path.startswith("/delay/"):
             time.sleep(float(path.rsplit("/", 1)[1]))
         elif path.startswith("/retry-after/"):

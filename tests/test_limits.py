@@ -132,6 +132,18 @@ def test_retry_after_pauses_the_host_while_urllib3_waits_to_retry(
     assert len(served_meanwhile) >= 5, served_meanwhile
 
 
+def test_a_retry_waits_out_its_host_s_pause_begun_by_another_url(server: RecordingServer) -> None:
+    """urllib3 slept only its own response's Retry-After (0 here) before the retry, which then
+    went to a host another URL's 429 had paused for 2 s."""
+    pausing, retried = f"{server.base_url}/retry-after/2", f"{server.base_url}/retry-after/0?delay=0.3"
+    config = FetchConfig(pause_hosts=True, retries=1, backoff_factor=0, workers=2, max_retry_wait=5)
+    list(fetch_all([pausing, retried], config))
+    first_429 = next(arrival for arrival in server.record.arrivals if arrival.path == "/retry-after/2")
+    tries = [arrival for arrival in server.record.arrivals if arrival.path.startswith("/retry-after/0")]
+    assert len(tries) == 2
+    assert tries[1].start >= first_429.end + 1.9
+
+
 def test_cancel_ends_waits_for_a_limit_at_once(server: RecordingServer) -> None:
     urls = [f"{server.base_url}/n{i}" for i in range(6)]
     cancel = threading.Event()
@@ -302,6 +314,29 @@ def test_window_never_buffers_more_than_its_size() -> None:
         assert window.buffered <= 64
         assert read[0] - handed == window.buffered  # read from the input = handed out + buffered
     assert read[0] == handed == 1100
+
+
+@pytest.mark.parametrize("limit", [{"rate": 2.0}, {"per_host_rate": 2.0}])
+def test_a_pause_that_begins_while_a_worker_waits_for_its_rate_instant_holds_it_too(limit: dict[str, float]) -> None:
+    """The pause was looked at once, before the rate wait: a worker already waiting for its
+    instant sent at it, into the host's pause (the QA saw 2-4 requests reach a paused host)."""
+    limiter = Limiter(FetchConfig(pause_hosts=True, **limit))
+    url = "http://paused.test/"
+    limiter.acquire(url, None)  # the first instant is now
+    began = time.monotonic()
+    sent: list[float] = []
+
+    def second_worker() -> None:
+        limiter.acquire(url, None)
+        sent.append(time.monotonic() - began)
+
+    waiting = threading.Thread(target=second_worker)
+    waiting.start()  # its instant is 0.5 s from now
+    time.sleep(0.1)
+    limiter.observe(host_key(url), 429, "1")  # a 429 to another worker: paused until ~1.1 s
+    waiting.join(5)
+    assert sent and sent[0] >= 1.05, sent
+    limiter.stop()
 
 
 def test_window_holds_back_a_paused_hosts_targets_until_its_pause_ends() -> None:
