@@ -83,7 +83,7 @@ class _FileExporter(Sink):
         self._pace = FlushPace()
         # A terminal interprets what a server sent (colours, links, a cursor moved): JSON escapes
         # it anyway, and CSV cells on a terminal are shown escaped as the plain lines are.
-        self._shown = printable if not owned and stream.isatty() else None
+        self._escape = printable if not owned and stream.isatty() else None
         try:
             self._guarded(self.begin)
         except ExportError:
@@ -173,7 +173,7 @@ class CsvExporter(_FileExporter):
         self._write_cells(cells)
 
     def _write_cells(self, cells: list[str]) -> None:
-        self._writer.writerow(cells if self._shown is None else map(self._shown, cells))
+        self._writer.writerow(cells if self._escape is None else map(self._escape, cells))
 
 
 def _input_cell(value: object) -> str:
