@@ -29,7 +29,7 @@ from urllib3.response import BaseHTTPResponse
 from pooledfetch.config import FetchConfig
 from pooledfetch.feed import Feed
 from pooledfetch.pools import PoolAccounting
-from pooledfetch.session import DeadlineExceeded, RetryObserver
+from pooledfetch.session import DEFAULT_PORTS, DeadlineExceeded, RetryObserver
 from pooledfetch.sources import Target
 
 Clock = Callable[[], float]
@@ -100,12 +100,9 @@ def host_key(url: str) -> str:
     parts = urlsplit(url)
     netloc = parts.netloc.rpartition("@")[2].lower()
     host, colon, port = netloc.rpartition(":")
-    if colon and (not port or port.isdigit() and int(port) == _DEFAULT_PORTS.get(parts.scheme.lower())):
+    if colon and (not port or port.isdigit() and int(port) == DEFAULT_PORTS.get(parts.scheme.lower())):
         return host
     return netloc
-
-
-_DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
 def retry_after_seconds(value: str | None, now: float | None = None) -> float | None:

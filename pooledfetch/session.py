@@ -160,10 +160,10 @@ def _as_sent(url: str | None) -> str:
 
 def _server(url: str) -> tuple[str | None, int | None]:
     parts = urlsplit(url)
-    return parts.hostname, parts.port or _DEFAULT_PORTS.get(parts.scheme)
+    return parts.hostname, parts.port or DEFAULT_PORTS.get(parts.scheme)
 
 
-_DEFAULT_PORTS = {"http": 80, "https": 443}
+DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
 def _fails_alike(error: Exception) -> bool:
