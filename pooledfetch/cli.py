@@ -368,8 +368,9 @@ def _open_outputs(
     from pooledfetch.sink import NullView
 
     stderr_terminal = sys.stderr.isatty() and os.environ.get("TERM") != "dumb"
+    stdout_on_its_terminal = _same_terminal(sys.stdout, sys.stderr)
     # JSONL rows on the terminal the view draws on would be torn by its frames, and it by them.
-    rows_on_its_terminal = "-" in options["outputs"] and _same_terminal(sys.stdout, sys.stderr)
+    rows_on_its_terminal = "-" in options["outputs"] and stdout_on_its_terminal
     live = stderr_terminal and not options["quiet"] and not options["no_live"] and not rows_on_its_terminal
     console = _stderr_console() if stderr_terminal else None
 
@@ -411,7 +412,7 @@ def _open_outputs(
     for path in options["outputs"]:
         exporter = open_exporter(path, format_for(path, options["export_format"]), input_names=input_names)
         sinks.append(stack.enter_context(exporter))
-    table_replaces_lines = live and _same_terminal(sys.stdout, sys.stderr)
+    table_replaces_lines = live and stdout_on_its_terminal
     if not options["quiet"] and "-" not in options["outputs"] and not table_replaces_lines:
         sinks.append(stack.enter_context(_plain_lines()))
     return _Outputs(sinks, view, live, failures)
