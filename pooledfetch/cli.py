@@ -131,6 +131,7 @@ def _run(options: dict[str, Any]) -> ExitCode:
     from pooledfetch.errors import ConfigError
     from pooledfetch.export import open_exporter
     from pooledfetch.inputs import Input
+    from pooledfetch.saving import make_save_dir
     from pooledfetch.session import Transport, environment_proxies, load_netrc
     from pooledfetch.stats import RunStats
 
@@ -235,7 +236,8 @@ def _run(options: dict[str, Any]) -> ExitCode:
 
             # Headers are read now: a missing column is reported before any export is opened.
             source = Input(inputs, options["input_format"], options["column"])
-            opts.make_save_dir(config.save_dir)
+            if config.save_dir is not None:
+                make_save_dir(config.save_dir)  # before any export opens, once every other check passed
             stats = stack.enter_context(RunStats())
             # Before any export or --resume opens (and may truncate, rewrite or append to) the same file.
             changes = _open_changes(stack, options, config)

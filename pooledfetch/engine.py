@@ -7,7 +7,6 @@ process can run it on a chunk of targets and hand the results back.
 from __future__ import annotations
 
 import itertools
-import os
 import threading
 import time
 from collections import deque
@@ -25,12 +24,11 @@ from urllib3.response import BaseHTTPResponse
 
 from pooledfetch import results as rc
 from pooledfetch.config import FetchConfig
-from pooledfetch.errors import ConfigError
 from pooledfetch.feed import Feed
 from pooledfetch.limits import Abandoned, HostWindow, Limiter
 from pooledfetch.pools import PoolAccounting, connection_facts, drain_bounded, release
 from pooledfetch.results import Result, classify
-from pooledfetch.saving import BodyFile, SaveError
+from pooledfetch.saving import BodyFile, SaveError, make_save_dir
 from pooledfetch.session import BadRedirect, DeadlineExceeded, RetriesCutShort, Transport
 from pooledfetch.sources import Target, iter_targets
 from pooledfetch.text import mask_credentials
@@ -117,7 +115,7 @@ def run(
     `executor` (at least `config.workers` threads), whose threads then outlive the run.
     """
     if config.save_dir is not None:
-        _make_save_dir(config.save_dir)
+        make_save_dir(config.save_dir)  # where the run is: a Dask worker on another machine makes its own
     cancel = cancel or threading.Event()
     hurry = hurry or threading.Event()
     progress = progress or RunProgress()
@@ -632,14 +630,6 @@ def _retries_made(exc: BaseException, allowed: int) -> int:
             exc = exc.args[0]
         else:
             return 0
-
-
-def _make_save_dir(path: str) -> None:
-    # Where the run is: a Dask worker on another machine makes its own.
-    try:
-        os.makedirs(path, exist_ok=True)
-    except OSError as exc:
-        raise ConfigError(f"--save-dir {path!r}: {exc.strerror or exc}") from None
 
 
 def error_result(target: Target, config: FetchConfig | None, error: str, detail: str) -> Result:

@@ -47,16 +47,6 @@ def cookie(value: str) -> tuple[str, str]:
     return name.strip(), rest.strip()
 
 
-def make_save_dir(path: str | None) -> None:
-    """Create --save-dir (and its parents) once every other check has passed: a rejected run
-    leaves no new directory behind."""
-    if path is not None:
-        try:
-            os.makedirs(path, exist_ok=True)
-        except OSError as exc:
-            raise click.BadParameter(f"--save-dir {path!r}: {exc.strerror or exc}") from None
-
-
 def statuses(value: str) -> tuple[int, ...]:
     try:
         return tuple(int(part) for part in value.split(",") if part.strip())

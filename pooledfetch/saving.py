@@ -13,6 +13,8 @@ import re
 from typing import BinaryIO
 from urllib.parse import unquote, urlsplit
 
+from pooledfetch.errors import ConfigError
+
 MAX_STEM = 120
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 PARTIAL_SUFFIX = ".part"
@@ -22,6 +24,15 @@ _NO_FOLLOW = getattr(os, "O_NOFOLLOW", 0)
 
 class SaveError(Exception):
     """A body could not be written to --save-dir."""
+
+
+def make_save_dir(path: str) -> None:
+    """--save-dir and its parents, made when a run starts (not while options are read: a run
+    refused by a later check leaves no directory behind)."""
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"--save-dir {path!r}: {exc.strerror or exc}") from None
 
 
 def file_name(index: int, url: str) -> str:
