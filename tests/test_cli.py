@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from helpers import wait_until
 from pytest_httpserver import HTTPServer
 from werkzeug import Request, Response
 
@@ -377,6 +378,8 @@ def test_timeout_typed_beats_a_read_timeout_from_further_away(
     # From one place, the specific option wins.
     code, out, _ = run(*args, "--read-timeout", "0.5")
     assert (code, out.split("\t")[0]) == (ExitCode.SOME_FAILED, "timeout")
+    # The server answers the abandoned request later: not into the next test's log.
+    wait_until(lambda: len(httpserver.log) == 2, 5.0, "the slow answer")
 
 
 def test_an_empty_method_is_a_usage_error_not_a_get(tmp_path: Path) -> None:
