@@ -150,30 +150,24 @@ def render_summary(
     )
 
 
-def _workers(accounting: PoolAccounting) -> Table:
-    table = _figures_table()
-    table.add_column("worker", overflow="ellipsis")
-    for header in ("URLs", "requests", "new conn", "reused"):
-        table.add_column(header, justify="right", no_wrap=True)
+def _workers(accounting: PoolAccounting) -> RenderableType:
     figures = worker_figures(accounting)
-    for name, worker in figures.items():
-        table.add_row(
-            Text(printable(name)),
-            f"{worker['urls']:,}",
-            f"{worker['requests_sent']:,}",
-            f"{worker['connections_opened']:,}",
-            f"{worker['connections_reused']:,}",
-        )
+    rows = [(Text(printable(name)), worker) for name, worker in figures.items()]
     if len(figures) > 1:
-        reused = sum(worker["connections_reused"] for worker in figures.values())
-        table.add_row(
-            Text("total", style="bold"),
-            f"{sum(worker['urls'] for worker in figures.values()):,}",
-            f"{accounting.requests_sent:,}",
-            f"{accounting.connections_opened:,}",
-            f"{reused:,}",
-        )
-    return table
+        total = {name: sum(worker[name] for worker in figures.values()) for name in ("urls", "connections_reused")}
+        total |= {"requests_sent": accounting.requests_sent, "connections_opened": accounting.connections_opened}
+        rows.append((Text("total", style="bold"), total))
+    columns = {
+        "URLs": "urls",
+        "requests": "requests_sent",
+        "new conn": "connections_opened",
+        "reused": "connections_reused",
+    }
+    return _NamedFigures(
+        "worker",
+        [name for name, _ in rows],
+        {header: [Text(f"{figures_of[key]:,}") for _, figures_of in rows] for header, key in columns.items()},
+    )
 
 
 def _section(title: str, body: RenderableType) -> RenderableType:
@@ -264,8 +258,9 @@ def _hosts(stats: RunStats) -> RenderableType:
     top = stats.top_hosts(TOP_HOSTS)
     if not top:
         return Text("-", style="dim")
-    return _HostTable(
-        [printable(name) for name, _ in top],
+    return _NamedFigures(
+        "host",
+        [Text(printable(name)) for name, _ in top],
         {
             "requests": [Text(f"{host.requests:,}") for _, host in top],
             "errors": [Text(f"{host.error_rate:.1%}", style="red" if host.failures else "") for _, host in top],
@@ -275,32 +270,34 @@ def _hosts(stats: RunStats) -> RenderableType:
     )
 
 
-# Cells a host name keeps on a narrow console before the figure columns on its right give way.
-_HOST_ROOM = 16
+# Cells a name keeps on a narrow console before the figure columns on its right give way.
+_NAME_ROOM = 16
 
 
-class _HostTable:
-    """The top hosts, laid out at draw time. A Table narrows only its host column (the figures
-    are never cut), and at 30 columns left no host name at all: here the figure columns go
-    from the right, connections first, until the names have room."""
+class _NamedFigures:
+    """Rows of a name (a host, a worker) and its figures, laid out at draw time. A Table narrows
+    only its name column (the figures are never cut), and at 30 columns left no host name at
+    all: here the figure columns go from the right, connections first, until the names have room."""
 
-    def __init__(self, names: list[str], figures: dict[str, list[Text]]) -> None:
+    def __init__(self, label: str, names: list[Text], figures: dict[str, list[Text]]) -> None:
+        self._label = label
         self._names = names
         self._figures = figures
 
     def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
         widths = {
-            header: max(len(header), *(cell.cell_len for cell in cells)) + 1 for header, cells in self._figures.items()
+            header: max([len(header), *(cell.cell_len for cell in cells)]) + 1
+            for header, cells in self._figures.items()
         }
         shown = list(self._figures)
-        while len(shown) > 1 and options.max_width - sum(widths[header] for header in shown) < _HOST_ROOM:
+        while len(shown) > 1 and options.max_width - sum(widths[header] for header in shown) < _NAME_ROOM:
             shown.pop()
         table = _figures_table()
-        table.add_column("host", overflow="ellipsis")
+        table.add_column(self._label, overflow="ellipsis")
         for header in shown:
             table.add_column(header, justify="right", no_wrap=True)
         for row, name in enumerate(self._names):
-            table.add_row(Text(name), *(self._figures[header][row] for header in shown))
+            table.add_row(name, *(self._figures[header][row] for header in shown))
         yield table
 
 
